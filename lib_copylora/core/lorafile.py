@@ -1,0 +1,30 @@
+"""The in-memory LoRA file: per-module layers keyed by kohya module name, plus metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .family import Family
+from .layers import Layer, LayerKind
+
+
+@dataclass
+class LoraFile:
+    """`layers` maps a kohya module name (`lora_unet_..._to_q`, `lora_te_...`, `lora_te1_...`) to its layer.
+
+    `metadata` holds the safetensors header strings exactly as read (or as they will be written)."""
+
+    layers: dict[str, Layer]
+    family: Family
+    metadata: dict[str, str] = field(default_factory=dict)
+    path: Optional[Path] = None
+
+    @property
+    def kinds(self) -> set[LayerKind]:
+        return {layer.kind for layer in self.layers.values()}
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path is not None else self.metadata.get("ss_output_name", "lora")

@@ -1,0 +1,34 @@
+"""The core and the trainer never import the WebUI (`modules`) or gradio (DESIGN §1)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "lib_copylora"
+FORBIDDEN = {"modules", "gradio"}
+
+
+def _imported_roots(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("package", ["core", "train", "hosts"])
+def test_host_agnostic_packages_never_import_webui_or_gradio(package):
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert files, f"lib_copylora/{package} has no Python files"
+    offenders = {str(p.relative_to(ROOT)): sorted(_imported_roots(p) & FORBIDDEN) for p in files}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_rule_catches_an_offender(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from modules import shared\n    import gradio as gr\n")
+    assert _imported_roots(bad) & FORBIDDEN == {"modules", "gradio"}
