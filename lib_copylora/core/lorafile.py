@@ -20,6 +20,7 @@ class LoraFile:
     family: Family
     metadata: dict[str, str] = field(default_factory=dict)
     path: Optional[Path] = None
+    unused_keys: list[str] = field(default_factory=list)  # only filled by lenient reads (the prompt hook)
 
     @property
     def kinds(self) -> set[LayerKind]:
