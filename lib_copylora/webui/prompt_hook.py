@@ -11,9 +11,10 @@ import logging
 from typing import Optional
 
 from ..core import lora_tags
-from ..core.presets import load_presets, user_preset_path
+from ..core.presets import load_presets
 from . import compat
 from .block_apply import BlockReport, apply_block_weights
+from .paths import preset_path
 
 log = logging.getLogger("copylora")
 INFOTEXT_KEY = "CopyLoRA block weights"
@@ -28,7 +29,7 @@ class PresetCache:
         self._presets: dict = {}
 
     def get(self) -> dict:
-        path = user_preset_path()
+        path = preset_path()
         try:
             stat = path.stat()
             stamp = (str(path), stat.st_mtime_ns, stat.st_size)

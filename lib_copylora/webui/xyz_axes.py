@@ -14,7 +14,8 @@ from ..core.axis_values import expand_strengths, split_csv
 from ..core.block_spec import format_values, sweep_specs
 from ..core.blocks import BLOCK_FORMATS
 from ..core.family import Family
-from ..core.presets import load_presets, presets_for
+from ..core.presets import presets_for
+from .paths import webui_presets
 
 STRENGTH = "CopyLoRA: strength"
 PRESET = "CopyLoRA: block preset"
@@ -80,7 +81,7 @@ def format_plain(_p, opt, value) -> str:
 
 
 def preset_choices() -> list[str]:
-    return sorted(presets_for(current_family(), load_presets()))
+    return sorted(presets_for(current_family(), webui_presets()))
 
 
 def sweep_choices() -> list[str]:
@@ -88,7 +89,7 @@ def sweep_choices() -> list[str]:
 
 
 def confirm_presets(_p, values) -> None:
-    known = load_presets()
+    known = webui_presets()
     for value in values:
         _name, payload = lora_tags.split_axis_value(value)
         if payload not in known and not _looks_numeric(payload):

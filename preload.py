@@ -1,0 +1,11 @@
+"""Our command-line flags, registered by the WebUI before it parses its arguments."""
+
+
+def preload(parser):
+    parser.add_argument(
+        "--copylora-presets",
+        type=str,
+        default=None,
+        help="CopyLoRA: block-weight preset file (NAME:v1,v2,... per line); default: block_weight_presets.txt "
+        "in the extension folder",
+    )
