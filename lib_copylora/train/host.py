@@ -27,11 +27,16 @@ class Prediction(enum.Enum):
 
 
 class TargetModule(NamedTuple):
-    """A Linear or Conv2d of the host that a LoRA module may wrap, named as kohya names it in files."""
+    """A Linear or Conv2d of the host that a LoRA module may wrap, named as kohya names it in files.
+
+    `conv_block` marks modules inside ResNet blocks and down/up-samplers (their convolutions, `conv_shortcut`,
+    `time_emb_proj`): kohya's plain LoRA leaves them alone and LoCon-style networks train them. The trainer cannot
+    tell a ResNet's 1×1 `conv_shortcut` from an attention block's 1×1 `proj_in` by type, so the host says."""
 
     kohya_name: str
     module: torch.nn.Module
     component: Component
+    conv_block: bool = False
 
 
 class NoiseSchedule(NamedTuple):

@@ -1,0 +1,124 @@
+"""`python -m lib_copylora merge`: merge LoRAs with ratios (B − A: `--models B A --ratios 1 -1`), exactly or by SVD.
+
+Flag names follow kohya sd-scripts' networks/merge_lora.py and svd_merge_lora.py where they exist, so the
+commands users already run keep working with this tool."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import time
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
+NO_BLOCKS = "-"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "merge",
+        help="merge LoRAs with ratios (e.g. B - A), exactly or re-ranked by SVD",
+        description="Merge LoRAs: ΔW = Σ ratio·ΔW. Without --new_rank the result is exact (ranks concatenated); "
+                    "with it, each module is the best approximation of the exact merge at that rank.",
+        epilog="example: python -m lib_copylora merge --models B.safetensors A.safetensors --ratios 1 -1 "
+               "--save_to diff.safetensors",
+    )
+    add = parser.add_argument
+    add("--models", nargs="+", required=True, metavar="FILE", help="LoRA files to merge (.safetensors)")
+    add("--ratios", nargs="+", type=float, required=True, metavar="R",
+        help="one multiplier per model, any sign (B − A: 1 -1)")
+    add("--save_to", required=True, metavar="FILE", help="output .safetensors file")
+    add("--save_precision", choices=sorted(SAVE_DTYPES), default="fp16",
+        help="dtype of the saved tensors (default fp16)")
+    add("--precision", choices=["float", "fp16", "bf16"], default="float",
+        help="compute precision, accepted for kohya compatibility: the math is always float32")
+    add("--new_rank", type=int, default=None, metavar="N",
+        help="SVD re-rank linear and 1x1 conv modules to rank N (default: exact merge, ranks add up)")
+    add("--new_conv_rank", type=int, default=None, metavar="N",
+        help="rank of 3x3 conv modules when re-ranking (default: --new_rank)")
+    add("--energy", type=float, default=None, metavar="X",
+        help="re-rank each module to the smallest rank keeping share X in (0, 1] of its squared singular "
+             "values, capped by --new_rank/--new_conv_rank")
+    add("--device", default="cpu", metavar="cpu|cuda", help="where the merge math runs (default cpu)")
+    add("--te_ratios", nargs="+", type=float, default=None, metavar="R",
+        help="per-model multipliers for text-encoder modules, replacing --ratios there")
+    add("--unet_ratios", nargs="+", type=float, default=None, metavar="R",
+        help="per-model multipliers for UNet modules, replacing --ratios there")
+    add("--blocks", nargs="+", default=None, metavar="SPEC",
+        help="per-model block weights: numbers like 1,0,0,... (17 or 26 for SD1/SD2, 12 or 20 for SDXL), "
+             f"a preset name, or {NO_BLOCKS} for none")
+    add("--presets", default=None, metavar="FILE",
+        help="block-weight preset file, NAME:v1,v2,... per line (default: shipped presets + the user's file)")
+    add("--overwrite", action="store_true", help="replace --save_to if it exists")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..core.errors import FormatError, MergeError, OutputExists
+    from ..core.formats import read_lora, write_lora
+    from ..core.merge import MergeSpec, MergeWarning, merge_loras
+
+    started = time.perf_counter()
+    save_to = Path(args.save_to)
+    if save_to.exists() and not args.overwrite:
+        raise OutputExists(f"{save_to} exists: pass --overwrite to replace it")
+    if len(args.ratios) != len(args.models):
+        raise MergeError(f"{len(args.models)} models but {len(args.ratios)} ratios: give one ratio per model")
+    if args.blocks is not None and len(args.blocks) != len(args.models):
+        raise MergeError(f"{len(args.models)} models but {len(args.blocks)} block specs: give one per model "
+                         f"({NO_BLOCKS} for none)")
+    # Build the spec before reading anything so bad ranks or ratio counts fail at once.
+    spec = MergeSpec(ratios=tuple(args.ratios), te_ratios=args.te_ratios, unet_ratios=args.unet_ratios,
+                     new_rank=args.new_rank, new_conv_rank=args.new_conv_rank, energy=args.energy,
+                     device=args.device, output_name=save_to.stem)
+    if args.precision != "float":
+        print(f"note: --precision {args.precision} ignored: merges are computed in float32")
+    for model in args.models:
+        if not Path(model).is_file():
+            raise FormatError(f"{model}: no such file")
+    loras = [read_lora(model) for model in args.models]
+    spec = dataclasses.replace(spec, blocks=_parse_blocks(args.blocks, args.presets, loras))
+    read_done = time.perf_counter()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MergeWarning)
+        merged = merge_loras(loras, spec)
+    for warning in caught:
+        print(f"warning: {warning.message}")
+    merge_done = time.perf_counter()
+
+    written = write_lora(merged, save_to, dtype=SAVE_DTYPES[args.save_precision], overwrite=args.overwrite)
+    finished = time.perf_counter()
+    print(_summary(loras, merged, spec, args))
+    print(f"wrote {written} ({args.save_precision}, {written.stat().st_size / 2**20:.1f} MiB) in "
+          f"{finished - started:.2f} s (read {read_done - started:.2f} s, merge {merge_done - read_done:.2f} s, "
+          f"write {finished - merge_done:.2f} s)")
+    return 0
+
+
+def _parse_blocks(specs: Optional[Sequence[str]], presets_path: Optional[str], loras) -> Optional[tuple]:
+    if specs is None or all(text == NO_BLOCKS for text in specs):
+        return None
+    from ..core.block_spec import parse_block_spec
+    from ..core.presets import load_presets
+
+    presets = load_presets(presets_path)
+    return tuple(None if text == NO_BLOCKS else parse_block_spec(text, lora.family, presets)
+                 for text, lora in zip(specs, loras))
+
+
+def _summary(loras, merged, spec, args) -> str:
+    inputs = ", ".join(f"{lora.name} ×{ratio:g}" for lora, ratio in zip(loras, spec.ratios))
+    ranks = collections.Counter(layer.rank for layer in merged.layers.values() if layer.rank is not None)
+    full = sum(1 for layer in merged.layers.values() if layer.rank is None)
+    rank_text = ", ".join(f"rank {r}: {n}" for r, n in sorted(ranks.items()))
+    if full:
+        rank_text += f"{', ' if rank_text else ''}full diff: {full}"
+    mode = "SVD re-rank" if spec.reranks else "exact concat"
+    return (f"merged {len(merged.layers)} modules of {len(loras)} {merged.family.label} LoRAs ({inputs}) by "
+            f"{mode} on {spec.device}: {rank_text}")

@@ -1,0 +1,217 @@
+"""The three training routes (DESIGN §7, SEEDS.md) and the guarantees they share.
+
+- single: one LoRA on one image set.
+- copier: train A; keep A hooked onto the base, frozen (multiplier 1, no gradients, nothing merged into a weight);
+  train B on top; the result is B, which applied to the plain base adds only what differs between the sets.
+- difference: train A and B on the base; the result is the exact merge B − A (core.merge), optionally re-ranked.
+
+Whatever happens (success, an error, a stop), the base ends bit-identical: its weights are never written (LoRA
+modules act through forward hooks that are removed in `finally`) and its requires_grad flags are put back.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, NamedTuple, Optional
+
+import torch
+
+from ..core.errors import OutputExists
+from ..core.formats import write_lora
+from ..core.lorafile import LoraFile
+from ..core.merge import MergeSpec, merge_loras
+from ..core.metadata import read_recipe
+from .callbacks import Callbacks, TrainControl
+from .checkpoint import state_path
+from .config import Route, TrainConfig
+from .errors import TrainConfigError
+from .host import Component, TrainingHost
+from .loop import BatchSource, PhaseJob, PhaseResult, run_phase
+from .metadata import RunFacts, with_training_metadata
+from .network import LoraNetwork
+from .optim import build_optimizer, optimizer_name
+
+
+class RouteResult(NamedTuple):
+    lora: Optional[LoraFile]  # the result as saved; None when training was stopped before the end
+    path: Optional[Path]  # where the result was written
+    stopped: bool
+    phases: dict[str, PhaseResult]  # "single", or "A" and "B"
+    written: list[Path]  # every LoRA file written, parts and intermediate saves included
+
+
+def train(host: TrainingHost, config: TrainConfig, data_a: BatchSource, data_b: Optional[BatchSource] = None,
+          callbacks: Optional[Callbacks] = None, control: Optional[TrainControl] = None) -> RouteResult:
+    """Run the route `config.route.route` names."""
+    route = config.route.route
+    if route is Route.SINGLE:
+        return train_single(host, config, data_a, callbacks, control)
+    if data_b is None:
+        raise TrainConfigError(f"the {route.value} route needs image set B as well as A")
+    entry = train_copier if route is Route.COPIER else train_difference
+    return entry(host, config, data_a, data_b, callbacks, control)
+
+
+def train_single(host: TrainingHost, config: TrainConfig, data: BatchSource, callbacks: Optional[Callbacks] = None,
+                 control: Optional[TrainControl] = None) -> RouteResult:
+    run = _Run(host, config, callbacks, control)
+    with run.session():
+        network = run.network(seed_offset=0)
+        result = run.phase("single", network, data, suffix="")
+        if result.stopped:
+            return run.stopped({"single": result})
+        lora = run.finish(network.export(host.family), {"single": result}, data)
+        return run.done(lora, {"single": result})
+
+
+def train_copier(host: TrainingHost, config: TrainConfig, data_a: BatchSource, data_b: BatchSource,
+                 callbacks: Optional[Callbacks] = None, control: Optional[TrainControl] = None) -> RouteResult:
+    run = _Run(host, config, callbacks, control)
+    with run.session():
+        network_a = run.network(seed_offset=0)
+        phases = {"A": run.phase("A", network_a, data_a, suffix="_A")}
+        if phases["A"].stopped:
+            return run.stopped(phases)
+        network_a.freeze()
+        network_b = run.network(seed_offset=1)
+        with network_a.attached():  # A stays on, frozen, while B learns what B's set has beyond A's
+            phases["B"] = run.phase("B", network_b, data_b, suffix="")
+        if phases["B"].stopped:
+            return run.stopped(phases)
+        if config.route.keep_parts:
+            run.finish(network_a.export(host.family), {"A": phases["A"]}, data_a, suffix="_A")
+        lora = run.finish(network_b.export(host.family), phases, data_b)
+        return run.done(lora, phases)
+
+
+def train_difference(host: TrainingHost, config: TrainConfig, data_a: BatchSource, data_b: BatchSource,
+                     callbacks: Optional[Callbacks] = None, control: Optional[TrainControl] = None) -> RouteResult:
+    run = _Run(host, config, callbacks, control)
+    with run.session():
+        network_a, network_b = run.network(seed_offset=0), run.network(seed_offset=1)
+        phases = {"A": run.phase("A", network_a, data_a, suffix="_A")}
+        if phases["A"].stopped:
+            return run.stopped(phases)
+        phases["B"] = run.phase("B", network_b, data_b, suffix="_B")
+        if phases["B"].stopped:
+            return run.stopped(phases)
+        lora_a, lora_b = network_a.export(host.family), network_b.export(host.family)
+        if config.route.keep_parts:
+            run.finish(lora_a, {"A": phases["A"]}, data_a, suffix="_A")
+            run.finish(lora_b, {"B": phases["B"]}, data_b, suffix="_B")
+        spec = MergeSpec(ratios=(1.0, -1.0), new_rank=config.route.new_rank,
+                         new_conv_rank=config.route.new_conv_rank, output_name=config.output.output_name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            merged = merge_loras([lora_b, lora_a], spec)
+        for warning in caught:
+            run.callbacks.log(f"merge: {warning.message}")
+        lora = run.finish(merged, phases, data_b, merge=read_recipe(merged.metadata))
+        return run.done(lora, phases)
+
+
+def _num_train_images(source: BatchSource) -> Optional[int]:
+    summary = getattr(source, "summary", None)  # ImageDataset has one; toy sources need not
+    return summary().samples_per_epoch if callable(summary) else None
+
+
+class _Run:
+    """What the phases of one route share: host, settings, the files written so far."""
+
+    def __init__(self, host: TrainingHost, config: TrainConfig, callbacks: Optional[Callbacks],
+                 control: Optional[TrainControl]):
+        self.host, self.config = host, config
+        self.callbacks = callbacks or Callbacks()
+        self.control = control or TrainControl()
+        self.started_at = time.time()
+        self.written: list[Path] = []
+        components = {Component.UNET} | ({Component.TEXT_ENCODER} if config.network.train_text_encoder else set())
+        self.targets = host.target_modules(components)
+        # building a throwaway optimiser names it for `ss_optimizer` and fails early when its package is missing
+        probe = torch.nn.Parameter(torch.zeros(1))
+        self.optimizer = optimizer_name(build_optimizer([{"params": [probe], "lr": 1.0}], config.optim))
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Base frozen (flags restored afterwards), gradient checkpointing on if asked (off afterwards)."""
+        output = self.config.output
+        if output.path().exists() and not output.overwrite:
+            raise OutputExists(f"{output.path()} exists; choose another name or ask to overwrite")
+        output.output_dir.mkdir(parents=True, exist_ok=True)
+        flags = [(t, t.requires_grad) for _, t in self.host.base_tensors()]
+        checkpointing = False
+        try:
+            for tensor, _ in flags:
+                tensor.requires_grad_(False)
+            if self.config.loop.gradient_checkpointing:
+                checkpointing = self.host.set_gradient_checkpointing(True)
+                if not checkpointing:
+                    self.callbacks.log("this model cannot use gradient checkpointing; training without it")
+            yield
+        finally:
+            if checkpointing:
+                self.host.set_gradient_checkpointing(False)
+            for tensor, flag in flags:
+                tensor.requires_grad_(flag)
+
+    def network(self, seed_offset: int) -> LoraNetwork:
+        return LoraNetwork(self.targets, self.config.network, seed=self.config.loop.seed + seed_offset,
+                           device=self.host.device)
+
+    def phase(self, name: str, network: LoraNetwork, source: BatchSource, suffix: str) -> PhaseResult:
+        dataset = self.config.dataset_b if name == "B" else self.config.dataset_a
+        cfg = self.config
+        self.cache_latents(name, source)
+        fingerprint = repr((cfg.route.route, name, cfg.network, cfg.optim, cfg.loop, cfg.loss, dataset))
+        job = PhaseJob(name=name, host=self.host, network=network, source=source, config=cfg,
+                       callbacks=self.callbacks, control=self.control,
+                       save_lora=lambda net, extra, step: self.save_partial(net, name, source, suffix + extra, step),
+                       state_file=state_path(cfg.output, name), fingerprint=fingerprint)
+        return run_phase(job)
+
+    def cache_latents(self, name: str, source: BatchSource) -> None:
+        """Encode an ImageDataset's images once, before its phase, when its settings ask for it."""
+        cache = getattr(source, "cache_latents", None)
+        if callable(cache) and getattr(getattr(source, "config", None), "cache_latents", False):
+            encoded = cache(self.host)
+            if encoded:
+                self.callbacks.log(f"{name}: cached the latents of {encoded} images")
+
+    def facts(self, phases: dict[str, PhaseResult], source: BatchSource) -> RunFacts:
+        steps = list(phases.values())[-1].steps
+        per_epoch = max(1, source.batches_per_epoch())
+        epochs = math.ceil(steps * self.config.loop.gradient_accumulation_steps / per_epoch)
+        return RunFacts(self.started_at, time.time(), steps, epochs, self.optimizer, _num_train_images(source))
+
+    def save_partial(self, network: LoraNetwork, phase: str, source: BatchSource, suffix: str, step: int) -> Path:
+        """An intermediate save (every n steps/epochs, or on stop-and-save) of the network being trained."""
+        progress = {phase: PhaseResult(step, step, [], False)}
+        lora = with_training_metadata(network.export(self.host.family), self.config, self.facts(progress, source),
+                                      {phase: step})
+        return self.write(lora, suffix, overwrite=True)
+
+    def finish(self, lora: LoraFile, phases: dict[str, PhaseResult], source: BatchSource, suffix: str = "",
+               merge: Optional[dict] = None) -> LoraFile:
+        """Save a finished LoRA (the result, or a part) with its training metadata and recipe."""
+        with_training_metadata(lora, self.config, self.facts(phases, source),
+                               {name: r.steps for name, r in phases.items()}, merge)
+        lora.path = self.write(lora, suffix, overwrite=self.config.output.overwrite)
+        return lora
+
+    def write(self, lora: LoraFile, suffix: str, overwrite: bool) -> Path:
+        path = write_lora(lora, self.config.output.path(suffix), dtype=self.config.output.save_precision.dtype,
+                          overwrite=overwrite)
+        self.written.append(path)
+        self.callbacks.save(path)
+        return path
+
+    def stopped(self, phases: dict[str, PhaseResult]) -> RouteResult:
+        return RouteResult(None, None, True, phases, list(self.written))
+
+    def done(self, lora: LoraFile, phases: dict[str, PhaseResult]) -> RouteResult:
+        self.callbacks.log(f"saved {lora.path.name}")
+        return RouteResult(lora, lora.path, False, phases, list(self.written))
