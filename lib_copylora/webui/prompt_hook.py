@@ -18,6 +18,7 @@ from .paths import preset_path
 
 log = logging.getLogger("copylora")
 INFOTEXT_KEY = "CopyLoRA block weights"
+PROBLEMS_KEY = "CopyLoRA problems"  # also in the infotext: the API's answer carries no comments
 LORA_NETWORK_NAMES = ("lora", "lyco")
 
 
@@ -99,6 +100,10 @@ class BlockWeightHook:
             message = f"CopyLoRA: {problem}"
             p.comment(message)
             log.warning(message)
+        if problems:
+            known = p.extra_generation_params.get(PROBLEMS_KEY, "")
+            fresh = [x for x in problems if x not in known]
+            p.extra_generation_params[PROBLEMS_KEY] = " | ".join(filter(None, [known, *fresh]))
 
     @staticmethod
     def _record(p, report: BlockReport) -> None:

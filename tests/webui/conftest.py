@@ -1,0 +1,176 @@
+"""The webui tier: one real AUTOMATIC1111 WebUI per test run, with this checkout installed as an extension.
+
+Configured by the environment (see docs/webui-testbed.md):
+  COPYLORA_WEBUI_DIR     a prepared WebUI tree; the run starts and stops its own server
+  COPYLORA_WEBUI_PYTHON  that tree's interpreter (default: <DIR>/venv/bin/python)
+  COPYLORA_WEBUI_URL     a server someone already started (takes precedence; nothing is started or stopped)
+  COPYLORA_TEST_CACHE    generated fixtures, logs and the WebUI data folder (default: ~/.cache/copylora-tests)
+With none of the first three set, every test marked `webui` or `browser` is skipped at collection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .client import WebuiClient
+from .fixtures.cache import FixturePaths, check_outside, default_cache_dir, ensure_fixtures
+from .fixtures.make_loras import KINDS, network_name
+from .install import REPO_ROOT, install_extension
+from .server import ServerConfig, WebuiServer
+
+TIER_MARKERS = ("webui", "browser")
+SKIP_REASON = ("no WebUI configured: set COPYLORA_WEBUI_DIR (and COPYLORA_WEBUI_PYTHON) or COPYLORA_WEBUI_URL; "
+               "see docs/webui-testbed.md")
+SERVER_KEY = pytest.StashKey[WebuiServer]()
+
+
+@dataclass(frozen=True)
+class WebuiSettings:
+    webui_dir: Path | None = field(metadata={"help": "COPYLORA_WEBUI_DIR: a prepared WebUI tree"})
+    python: Path | None = field(metadata={"help": "COPYLORA_WEBUI_PYTHON: that tree's interpreter"})
+    url: str | None = field(metadata={"help": "COPYLORA_WEBUI_URL: a server that is already running"})
+    cache_dir: Path = field(metadata={"help": "COPYLORA_TEST_CACHE: fixtures, logs, WebUI data; outside the repo"})
+
+    def __post_init__(self):
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"COPYLORA_WEBUI_URL must be an http(s) URL, got {self.url!r}")
+        if self.python is not None and self.webui_dir is None and not self.url:
+            raise ValueError("COPYLORA_WEBUI_PYTHON is set but COPYLORA_WEBUI_DIR is not")
+
+    @classmethod
+    def from_env(cls) -> WebuiSettings:
+        env = os.environ
+        webui_dir = Path(env["COPYLORA_WEBUI_DIR"]).expanduser().resolve() if env.get("COPYLORA_WEBUI_DIR") else None
+        python = Path(env["COPYLORA_WEBUI_PYTHON"]).expanduser() if env.get("COPYLORA_WEBUI_PYTHON") else None
+        if python is None and webui_dir is not None:
+            python = webui_dir / "venv" / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+        return cls(webui_dir, python, env.get("COPYLORA_WEBUI_URL") or None, default_cache_dir())
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url or self.webui_dir)
+
+    def path_problems(self) -> list[str]:
+        """What is wrong with a COPYLORA_WEBUI_DIR setup, in words; empty when it looks usable."""
+        if self.url or self.webui_dir is None:
+            return []
+        problems = []
+        if not (self.webui_dir / "launch.py").is_file():
+            problems.append(f"COPYLORA_WEBUI_DIR={self.webui_dir} has no launch.py")
+        if not self.python.is_file():
+            problems.append(f"the WebUI interpreter {self.python} does not exist (set COPYLORA_WEBUI_PYTHON)")
+        return problems
+
+
+def pytest_collection_modifyitems(config, items):
+    if WebuiSettings.from_env().configured:
+        return
+    skip = pytest.mark.skip(reason=SKIP_REASON)
+    for item in items:
+        if any(item.get_closest_marker(m) for m in TIER_MARKERS):
+            item.add_marker(skip)
+
+
+def find_bpe_vocab(python: Path) -> Path:
+    """CLIP's BPE merge list as open_clip ships it inside the WebUI's environment (found without importing torch)."""
+    probe = "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('open_clip').origin))"
+    found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=120)
+    vocab = Path(found.stdout.strip()) / "bpe_simple_vocab_16e6.txt.gz"
+    if found.returncode != 0 or not vocab.is_file():
+        raise RuntimeError(f"no open_clip BPE vocabulary in {python}'s environment: {found.stderr.strip()[-500:]}")
+    return vocab
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path):
+    """Hold an exclusive lock on `path` for the block (POSIX only): runs sharing a cache share a data folder,
+    and two 9 GB servers at once do not fit a small machine, so a second run waits for the first."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; run one tier at a time by hand
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def webui_settings() -> WebuiSettings:
+    settings = WebuiSettings.from_env()
+    if not settings.configured:
+        pytest.skip(SKIP_REASON)
+    if settings.path_problems():
+        pytest.fail("; ".join(settings.path_problems()), pytrace=False)
+    check_outside(settings.cache_dir, REPO_ROOT)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def webui_fixtures(webui_settings) -> FixturePaths | None:
+    """Our generated checkpoint, LoRAs and tokenizer cache; None against a server someone else started."""
+    if webui_settings.url:
+        return None
+    return ensure_fixtures(webui_settings.cache_dir, find_bpe_vocab(webui_settings.python))
+
+
+@pytest.fixture(scope="session")
+def webui(request, webui_settings, webui_fixtures):
+    """A client for the running WebUI; the server (when this run starts one) lives for the whole run."""
+    if webui_settings.url:
+        yield WebuiClient(webui_settings.url)
+        return
+    # the data folder keeps config, extensions and hashes out of the WebUI tree, one per tree
+    tree_key = hashlib.sha1(str(webui_settings.webui_dir).encode("utf-8")).hexdigest()[:8]
+    data_dir = webui_settings.cache_dir / f"webui-data-{tree_key}"
+    server = WebuiServer(ServerConfig(
+        webui_dir=webui_settings.webui_dir, python=webui_settings.python, data_dir=data_dir,
+        checkpoint=webui_fixtures.checkpoint, lora_dir=webui_fixtures.lora_dir, hf_home=webui_fixtures.hf_home,
+        log_dir=webui_settings.cache_dir / "logs"))
+    request.config.stash[SERVER_KEY] = server
+    with exclusive_lock(webui_settings.cache_dir / "webui.lock"):
+        install_extension(data_dir / "extensions", REPO_ROOT)
+        try:
+            yield WebuiClient(server.start(), server=server)
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def fixture_loras(webui) -> dict[str, str]:
+    """kind → network name of our fixture LoRAs, once the server is known to list them."""
+    listed = {entry["name"] for entry in webui.get("/sdapi/v1/loras")}
+    names = {kind: network_name(kind) for kind in KINDS}
+    missing = sorted(set(names.values()) - listed)
+    if missing:
+        pytest.skip(f"the WebUI does not list the fixture LoRAs {missing}; start it with --lora-dir on them")
+    return names
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    server = item.config.stash.get(SERVER_KEY, None)
+    if report.failed and server is not None and server.log_path is not None:
+        report.sections.append((f"webui server log (tail of {server.log_path})", server.log_tail(80)))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    server = config.stash.get(SERVER_KEY, None)
+    if server is None or server.log_path is None:
+        return
+    rss = f"{server.peak_rss / 2**30:.1f} GiB" if server.peak_rss else "unknown"
+    terminalreporter.write_line(f"webui tier: {server.starts} server start(s), peak RSS {rss}, "
+                                f"last log {server.log_path}")
