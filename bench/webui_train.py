@@ -1,0 +1,174 @@
+"""Training inside the WebUI vs the CLI's engine: steps/s on the same architecture, data and settings, and the
+WebUI's peak resident memory while training against its idle memory.
+
+Run from the repository root with the WebUI tier's tree (it starts its own server on the tier's fixtures: a
+random-weight SD1.5 checkpoint; one WebUI at a time on a shared machine, so take the tier's lock):
+    flock /tmp/copylora-webui.lock python bench/webui_train.py --webui-dir PATH/TO/WEBUI [--steps 8]
+or against a server already running this extension:
+    python bench/webui_train.py --url http://127.0.0.1:7860 --pid PID_OF_THE_WEBUI
+
+WebUI side: a run through POST /copylora/v1/train, timed from step `--warmup` to the last step by polling its
+status; VmRSS of the WebUI process sampled while idle and during the run. CLI side (after the server is stopped,
+so the two never share the memory): the same trainer on a DiffusersHost holding SD1.5's architecture with seeded
+random weights (the same shapes as the fixture checkpoint, which is random too), the same images and TrainConfig,
+timed by its step callback. Prints both and the ratios.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import importlib.util
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATASET = "bench_set"
+
+
+def rss_bytes(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    return int(next(line.split()[1] for line in text.splitlines() if line.startswith("VmRSS:"))) * 1024
+
+
+def write_images(folder: Path, count: int, size: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def rate_between(stamps: dict[int, float], args) -> float:
+    """Steps per second from the first step seen at or after the warm-up to the last one (polling may skip)."""
+    first = min(step for step in stamps if step >= args.warmup)
+    return (args.steps - first) / (stamps[args.steps] - stamps[first])
+
+
+def request_body(args) -> dict:
+    return {"name": "bench-run", "dataset_a": DATASET, "overwrite": True, "subfolder": "copylora-bench",
+            "network": {"rank": 8, "alpha": 1}, "loop": {"max_steps": args.steps, "seed": 0},
+            "dataset": {"resolution": str(args.resolution), "min_bucket_reso": min(256, args.resolution),
+                        "max_bucket_reso": max(1024, args.resolution)}}
+
+
+def measure_webui(client, pid: int, args) -> dict:
+    flags = client.get("/sdapi/v1/cmd-flags")
+    root = Path(flags.get("copylora_dir") or Path(flags["data_dir"]) / "copylora")
+    write_images(root / "datasets" / DATASET / "1_bench", 2, args.resolution)
+    client.txt2img("warm up", 1, steps=2, size=64)  # the built-in restores its own weights; caches warm
+    idle = []
+    for _ in range(10):
+        idle.append(rss_bytes(pid))
+        time.sleep(0.2)
+    [job_id] = client.post("/copylora/v1/train", request_body(args))["job_ids"]
+    peak, stamps = 0, {}
+    while True:
+        status = client.get(f"/copylora/v1/jobs/{job_id}")
+        peak = max(peak, rss_bytes(pid))
+        stamps.setdefault(status["step"], time.perf_counter())
+        if status["state"] not in ("queued", "running"):
+            break
+        time.sleep(0.05)
+    shutil.rmtree(Path(flags["lora_dir"]) / "copylora-bench", ignore_errors=True)  # the fixtures stay clean
+    if status["state"] != "done":
+        raise SystemExit(f"the WebUI run ended {status['state']}: {status['error']}")
+    return {"steps_per_s": rate_between(stamps, args), "idle_rss": statistics.median(idle), "peak_rss": peak}
+
+
+def measure_cli(dataset_root: Path, args) -> dict:
+    import torch
+
+    from lib_copylora.hosts.diffusers_host import DiffusersHost
+    from lib_copylora.train.callbacks import Callbacks
+    from lib_copylora.train.dataset import ImageDataset
+    from lib_copylora.train.routes import train
+    from lib_copylora.webui.train_request import Folders, request_from_dict, to_train_config
+
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "bench" / "train.py")
+    bench_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_train)
+    host = DiffusersHost.from_pipeline(bench_train.sd15_pipeline(seed=0))
+    idle = rss_bytes(os.getpid())
+    stamps, peak = {}, [idle]
+
+    def on_step(step, _loss, _lr):
+        stamps[step] = time.perf_counter()
+        peak.append(rss_bytes(os.getpid()))
+
+    with tempfile.TemporaryDirectory() as out:
+        folders = Folders(dataset_root, Path(out), Path(out))
+        config = to_train_config(request_from_dict(request_body(args)), folders, torch.float32)
+        train(host, config, ImageDataset(config.dataset_a), None, Callbacks(on_step=on_step))
+    return {"steps_per_s": rate_between(stamps, args), "idle_rss": idle, "peak_rss": max(peak)}
+
+
+def start_server(webui_dir: Path):
+    from tests.webui.conftest import REPO_ROOT, find_bpe_vocab, install_extension
+    from tests.webui.fixtures.cache import default_cache_dir, ensure_fixtures
+    from tests.webui.server import ServerConfig, WebuiServer
+
+    python = webui_dir / "venv" / "bin" / "python"
+    cache = default_cache_dir()
+    fixtures = ensure_fixtures(cache, find_bpe_vocab(python))
+    data_dir = cache / "webui-data-bench"
+    install_extension(data_dir / "extensions", REPO_ROOT)
+    return WebuiServer(ServerConfig(webui_dir=webui_dir, python=python, data_dir=data_dir,
+                                    checkpoint=fixtures.checkpoint, lora_dir=fixtures.lora_dir,
+                                    hf_home=fixtures.hf_home, log_dir=cache / "logs"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--webui-dir", type=Path, help="a prepared WebUI tree: start a server on the fixtures")
+    parser.add_argument("--url", help="a running WebUI with this extension (then --pid is needed)")
+    parser.add_argument("--pid", type=int, help="process id of that WebUI, for its memory")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
+    parser.add_argument("--resolution", type=int, default=64)
+    args = parser.parse_args()
+    if args.steps <= args.warmup:
+        parser.error("--steps must be larger than --warmup")
+    from tests.webui.client import WebuiClient
+
+    server = None
+    if args.webui_dir is not None:
+        server = start_server(args.webui_dir.resolve())
+        client, pid = WebuiClient(server.start()), server.pid
+    elif args.url and args.pid:
+        client, pid = WebuiClient(args.url), args.pid
+    else:
+        parser.error("give --webui-dir, or --url with --pid")
+    try:
+        flags = client.get("/sdapi/v1/cmd-flags")
+        dataset_root = Path(flags.get("copylora_dir") or Path(flags["data_dir"]) / "copylora") / "datasets"
+        webui = measure_webui(client, pid, args)
+    finally:
+        if server is not None:
+            server.stop()
+    cli = measure_cli(dataset_root, args)
+    gib = 2 ** 30
+    print(f"steps {args.steps} (timed from step {args.warmup}), {args.resolution}px, rank 8, fp32, CPU threads "
+          f"{os.environ.get('OMP_NUM_THREADS', 'default')}")
+    print(f"WebUI: {webui['steps_per_s']:.3f} steps/s; RSS idle {webui['idle_rss'] / gib:.2f} GiB, "
+          f"peak while training {webui['peak_rss'] / gib:.2f} GiB")
+    print(f"CLI:   {cli['steps_per_s']:.3f} steps/s; RSS after loading {cli['idle_rss'] / gib:.2f} GiB, "
+          f"peak while training {cli['peak_rss'] / gib:.2f} GiB")
+    print(f"ratio WebUI/CLI steps/s: {webui['steps_per_s'] / cli['steps_per_s']:.2f}")
+    print(f"ratio WebUI peak/idle RSS: {webui['peak_rss'] / webui['idle_rss']:.2f} "
+          f"(+{(webui['peak_rss'] - webui['idle_rss']) / gib:.2f} GiB)")
+
+
+if __name__ == "__main__":
+    main()

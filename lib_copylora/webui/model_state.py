@@ -1,0 +1,126 @@
+"""The loaded model's state around a training run: checks before, the built-in Lora's merged weights cleared, the
+UNet's blocks switched to a trainable forward for the run, and a hash that proves the model came back unchanged.
+
+Nothing here writes a base weight except `clear_builtin_lora`, which copies the built-in Lora's own backups back
+(the model then holds its own weights again, as the built-in does whenever a generation asks for no LoRA).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+
+from ..train.errors import TrainingError
+
+# Blocks of ldm/sgm UNets whose `forward` wraps `_forward` in the repositories' own gradient checkpointing. That
+# checkpoint (a custom autograd Function) only differentiates the block's own parameters, so LoRA modules hooked
+# inside would get no gradient: during training the forward goes straight to `_forward`, or through torch's
+# non-reentrant checkpoint when checkpointing is asked for.
+CHECKPOINTED_BLOCKS = ("ResBlock", "BasicTransformerBlock", "AttentionBlock")
+
+
+class OffloadingRefused(TrainingError):
+    """The WebUI was started with --lowvram/--medvram: parts of the model live on the CPU between calls."""
+
+
+def refuse_unsupported(sd_model, cmd_opts) -> None:
+    """Training needs the whole model on its device, in a dtype gradients can flow through."""
+    is_sdxl = getattr(sd_model, "is_sdxl", False)
+    flags = [flag for flag, on in (("--lowvram", cmd_opts.lowvram), ("--medvram", cmd_opts.medvram),
+                                   ("--medvram-sdxl", getattr(cmd_opts, "medvram_sdxl", False) and is_sdxl)) if on]
+    if flags or getattr(sd_model, "lowvram", False):
+        shown = ", ".join(flags) or "low-VRAM offloading"
+        raise OffloadingRefused(
+            f"CopyLoRA cannot train while the WebUI offloads the model ({shown}): parts of it move to the CPU and "
+            f"back during every step. Restart the WebUI without {shown}, or train with the command line "
+            "(python -m lib_copylora train ...) and load the result here.")
+    if getattr(sd_model, "is_sd3", False) or getattr(sd_model, "is_ssd", False):
+        raise TrainingError("CopyLoRA trains SD1, SD2 and SDXL models; load one of those to train")
+    if getattr(getattr(sd_model, "model", None), "conditioning_key", "crossattn") in ("hybrid", "concat") or \
+            getattr(sd_model, "is_sdxl_inpaint", False):
+        raise TrainingError("this is an inpainting model; load the ordinary model of its family to train a LoRA")
+    unet = sd_model.model.diffusion_model
+    if any(p.dtype == getattr(torch, "float8_e4m3fn", None) for p in unet.parameters()):
+        raise TrainingError("the model is stored in FP8 (Settings → Optimizations → FP8 weight); turn that off "
+                            "and reload the model to train")
+
+
+def clear_builtin_lora(sd_model, networks) -> int:
+    """Put back the weights the built-in Lora merged into the model (from its own backups) and empty its list of
+    loaded networks, so no forward re-merges them while we train. Returns how many layers were restored. The next
+    generation loads whatever LoRAs its prompt names, as usual."""
+    if networks is None:
+        return 0
+    restored = 0
+    for module in sd_model.modules():
+        if getattr(module, "network_weights_backup", None) is None and \
+                getattr(module, "network_bias_backup", None) is None:
+            continue
+        with torch.no_grad():  # the built-in copies in place, as in generation, where grad is off
+            networks.network_restore_weights_from_backup(module)
+        module.network_current_names = ()
+        module.network_weights_backup = None
+        module.network_bias_backup = None
+        restored += 1
+    networks.loaded_networks.clear()
+    return restored
+
+
+def model_hash(sd_model) -> str:
+    """sha256 over every parameter and buffer of the loaded model (names, dtypes, shapes and bytes), in name
+    order: equal hashes mean a bit-identical model. A diagnostic: it reads the whole model (seconds)."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in sorted(sd_model.state_dict(keep_vars=True).items()):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            data = tensor.detach()
+            digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+            digest.update(data.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _checkpointed(block, *args, **kwargs):
+    return torch.utils.checkpoint.checkpoint(block._forward, *args, use_reentrant=False, **kwargs)
+
+
+class BlockForwards:
+    """Per-instance `forward` overrides of the UNet's blocks (no class is patched); `restore` removes them."""
+
+    def __init__(self, unet: torch.nn.Module):
+        self.blocks = [m for m in unet.modules()
+                       if type(m).__name__ in CHECKPOINTED_BLOCKS and callable(getattr(m, "_forward", None))]
+        self.checkpointing: Optional[bool] = None
+
+    def set(self, checkpointing: bool) -> None:
+        for block in self.blocks:
+            block.forward = functools.partial(_checkpointed, block) if checkpointing else block._forward
+        self.checkpointing = checkpointing
+
+    def restore(self) -> None:
+        for block in self.blocks:
+            block.__dict__.pop("forward", None)
+        self.checkpointing = None
+
+
+@contextmanager
+def prepared_model(sd_model, cmd_opts, networks, shared) -> Iterator[BlockForwards]:
+    """Refuse what cannot train, clear merged LoRA weights and hypernetworks, switch the UNet's blocks to a
+    trainable forward; put the blocks and hypernetworks back afterwards, whatever happens."""
+    refuse_unsupported(sd_model, cmd_opts)
+    clear_builtin_lora(sd_model, networks)
+    hypernetworks = list(getattr(shared, "loaded_hypernetworks", []))
+    forwards = BlockForwards(sd_model.model.diffusion_model)
+    try:
+        if hasattr(shared, "loaded_hypernetworks"):
+            shared.loaded_hypernetworks.clear()  # they act inside attention and would train into the LoRA
+        forwards.set(checkpointing=False)
+        yield forwards
+    finally:
+        forwards.restore()
+        if hasattr(shared, "loaded_hypernetworks"):
+            shared.loaded_hypernetworks[:] = hypernetworks
