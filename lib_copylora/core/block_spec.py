@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from .blocks import BASE, BLOCK_FORMATS, accepted_counts, all_blocks, block_of, format_for
+from .lora_tags import is_number
 from .errors import SpecError
 from .family import Family
 
@@ -141,14 +142,6 @@ def _from_preset(name: str, family: Family, presets: Mapping[str, Sequence[float
     return _from_values(values, family, name)
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def parse_block_spec(text: str, family: Family, presets: Mapping[str, Sequence[float]]) -> BlockWeights:
     """`1,0,0.8,...`, `face`, `lbw=1,0,...` or `lbw=face` -> BlockWeights; SpecError says what is wrong."""
     spec = text.strip()
@@ -159,7 +152,7 @@ def parse_block_spec(text: str, family: Family, presets: Mapping[str, Sequence[f
             f"empty block-weight spec; give a preset name or {_counts_text(family)} comma-separated numbers")
     if spec in presets:
         return _from_preset(spec, family, presets)
-    if "," in spec or _is_number(spec):
+    if "," in spec or is_number(spec):
         return _from_values(parse_values(spec), family, spec)
     raise SpecError(f"unknown block-weight preset {spec!r}; {_preset_hint(spec, family, presets)}")
 

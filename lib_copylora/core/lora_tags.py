@@ -39,7 +39,7 @@ class LoraTag:
         return f"<{self.kind}:{':'.join(items)}>"
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
@@ -59,7 +59,7 @@ def parse_tag(kind: str, body: str) -> LoraTag:
 
 
 def has_positional_spec(tag: LoraTag) -> bool:
-    return len(tag.positional) >= 3 and not _is_number(tag.positional[2])
+    return len(tag.positional) >= 3 and not is_number(tag.positional[2])
 
 
 def normalise_tag(tag: LoraTag) -> tuple[LoraTag, Optional[str]]:

@@ -8,7 +8,6 @@ best approximation of its exact delta (rerank.py).
 
 from __future__ import annotations
 
-import enum
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from .errors import FamilyMismatch, MergeError
 from .layers import Layer
 from .lorafile import LoraFile
 from .metadata import standard_metadata, with_recipe
-from .naming import TEXT_ENCODER_PREFIXES, UNET_PREFIX
+from .naming import Component, component_of
 from .recipe import build_recipe
 from .rerank import RankPolicy, rerank_terms
 
@@ -32,21 +31,6 @@ if TYPE_CHECKING:
 
 class MergeWarning(UserWarning):
     """Something the user should know about a merge that still succeeded (e.g. a module stored as full diff)."""
-
-
-class Component(enum.Enum):
-    TEXT_ENCODER = "te"
-    UNET = "unet"
-
-
-def component_of(name: str) -> Optional[Component]:
-    """Which network a kohya module name belongs to, by its prefix (`lora_unet_`, `lora_te_`, `lora_te1_`, …)."""
-    prefix = "_".join(name.split("_", 2)[:2])
-    if prefix == UNET_PREFIX:
-        return Component.UNET
-    if prefix in TEXT_ENCODER_PREFIXES:
-        return Component.TEXT_ENCODER
-    return None
 
 
 def _ratios(values, name: str) -> Optional[tuple[float, ...]]:

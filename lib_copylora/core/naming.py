@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import enum
+
 from typing import NamedTuple
 
 from .errors import FormatError
@@ -373,4 +375,19 @@ def kohya_name_from_webui_layer(layer_name: str, family: Family) -> str | None:
         if layer_name.startswith(root):
             tail = _kohya_tail_from_openclip(layer_name[len(root):])
             return None if tail is None else f"{prefix}_{_ENCODER_LAYERS}{tail}"
+    return None
+
+
+class Component(enum.Enum):
+    TEXT_ENCODER = "te"
+    UNET = "unet"
+
+
+def component_of(name: str) -> "Component | None":
+    """Which network a kohya module name belongs to, by its prefix (`lora_unet_`, `lora_te_`, `lora_te1_`, …)."""
+    prefix = "_".join(name.split("_", 2)[:2])
+    if prefix == UNET_PREFIX:
+        return Component.UNET
+    if prefix in TEXT_ENCODER_PREFIXES:
+        return Component.TEXT_ENCODER
     return None

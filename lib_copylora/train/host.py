@@ -14,11 +14,7 @@ from typing import Any, Iterator, NamedTuple, Protocol, runtime_checkable
 import torch
 
 from ..core.family import Family
-
-
-class Component(enum.Enum):
-    TEXT_ENCODER = "te"
-    UNET = "unet"
+from ..core.naming import Component  # noqa: F401  (part of the protocol's vocabulary)
 
 
 class Prediction(enum.Enum):
