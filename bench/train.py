@@ -34,40 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib_copylora.core.family import Family  # noqa: E402
 from lib_copylora.hosts.diffusers_host import DiffusersHost  # noqa: E402
-from lib_copylora.hosts.tiny import (build_tiny_pipeline, scheduler_config, tokenizer_files,  # noqa: E402
-                                     write_ab_sets, write_tokenizer)
+from lib_copylora.hosts.full_size import sd15_pipeline  # noqa: E402
+from lib_copylora.hosts.tiny import build_tiny_pipeline, write_ab_sets  # noqa: E402
 from lib_copylora.train.host import Component  # noqa: E402
 
 TARGET_SPEED = 0.95
 TARGET_MEMORY = 1.10
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def sd15_pipeline(seed: int):
-    """SD1.5's architecture from its published configs, with seeded random weights (nothing downloaded)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_tokenizer(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(tmp)
-    vocab, _ = tokenizer_files()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
-            attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-        text = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"]))
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDIMScheduler(**scheduler_config()), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
 
 
 def make_host(args) -> DiffusersHost:
