@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.webui.client import XYZ_SCRIPT  # noqa: E402
-from tests.webui.conftest import WebuiSettings, find_bpe_vocab, install_extension  # noqa: E402
+from tests.webui.conftest import WebuiSettings, exclusive_lock, find_bpe_vocab, install_extension  # noqa: E402
 from tests.webui.fixtures.cache import ensure_fixtures  # noqa: E402
 from tests.webui.fixtures.make_loras import network_name  # noqa: E402
 from tests.webui.client import WebuiClient  # noqa: E402
@@ -109,6 +109,11 @@ def main() -> int:
     if settings.webui_dir is None:
         print("set COPYLORA_WEBUI_DIR (and COPYLORA_WEBUI_PYTHON) to a prepared WebUI tree", file=sys.stderr)
         return 2
+    with exclusive_lock(settings.cache_dir / "webui.lock"):  # one 9 GB server at a time, as in the test tier
+        return run(settings, args)
+
+
+def run(settings: WebuiSettings, args) -> int:
     server, client, lora_dir = start_server(settings)
     try:
         lora = network_name("lora")
