@@ -4,9 +4,11 @@ imported here, at the top."""
 
 from modules import script_callbacks, scripts
 
-from lib_copylora.webui import compat, xyz_axes
-from lib_copylora.webui.block_apply import undo_all
-from lib_copylora.webui.prompt_hook import BlockWeightHook
+from lib_copylora.ui.tab import CopyLoraTab
+from lib_copylora.webui import xyz_axes
+from lib_copylora.webui.prompt_hook import BlockWeightHook, undo_block_weights
+from lib_copylora.webui.service import CopyLoraService
+from lib_copylora.webui.settings import register_settings
 
 
 class CopyLoraScript(scripts.Script):
@@ -34,10 +36,13 @@ class CopyLoraScript(scripts.Script):
 
 def _on_unload():
     xyz_axes.unregister_axes()
-    networks = compat.builtin_lora()
-    if networks is not None:
-        undo_all(networks)
+    undo_block_weights()
 
 
 xyz_axes.register_axes()
 script_callbacks.on_script_unloaded(_on_unload)
+training = CopyLoraService()  # shared by the API and the tab: one job queue
+script_callbacks.on_app_started(training.on_app_started)
+script_callbacks.on_ui_settings(register_settings)
+script_callbacks.on_ui_tabs(CopyLoraTab(training).on_ui_tabs)
+script_callbacks.on_script_unloaded(training.shutdown)

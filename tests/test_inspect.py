@@ -112,3 +112,17 @@ def test_lenient_inspect_lists_unknown_keys(tmp_path, capsys):
     assert _inspect(capsys, path)[0] == 2
     code, out, _ = _inspect(capsys, path, "--lenient")
     assert code == 0 and _line(out, "unused keys:") == "unused keys: 1, e.g. lora_unet_mystery.dora_scale"
+
+
+def test_sd1_lora_with_only_1x1_projection_convs_is_plain_lora(tmp_path, capsys):
+    """kohya's plain SD1 LoRA has proj_in/proj_out as 1×1 convs: that is not a LoCon."""
+    gen = torch.Generator().manual_seed(2)
+    tensors = {}
+    for name in ("lora_unet_down_blocks_0_attentions_0_proj_in", "lora_unet_down_blocks_0_attentions_0_transformer_"
+                 "blocks_0_attn1_to_q"):
+        conv = name.endswith("proj_in")
+        tensors[f"{name}.lora_down.weight"] = torch.randn(*((2, 4, 1, 1) if conv else (2, 4)), generator=gen)
+        tensors[f"{name}.lora_up.weight"] = torch.randn(*((4, 2, 1, 1) if conv else (4, 2)), generator=gen)
+    lora = lora_from_state_dict(tensors, family_metadata(Family.SD1))
+    code, out, _ = _inspect(capsys, write_lora(lora, tmp_path / "plain.safetensors"))
+    assert code == 0 and _line(out, "kind:") == "kind:    LoRA"

@@ -1,9 +1,11 @@
 """`python -m lib_copylora demo`: the copy-machine method end to end on a tiny model, in a few CPU minutes.
 
-It builds a tiny SD1-shaped model (random weights, nothing downloaded) and two synthetic image sets that differ
-in one feature (plain T-shirts; the same T-shirts with a red stripe and white "letters"), then trains the copier
-route and the difference route, writes the exact difference and an SVD re-rank of it, and reports what each file
-is and how the routes compare: the relative difference of their ΔW and their effect on a fixed-seed sample.
+It builds a tiny SD1-shaped model (nothing downloaded) and gives its UNet a short training on random plain shirts,
+so that it is a base that already draws shirts, as a real base model knows its subjects. Two image sets differ in
+one feature (one plain T-shirt; the same T-shirt with a red stripe and white "letters"). Both routes are trained
+the way the copier articles do it (one image per set, over-fitted: every step is one epoch of 1 image × 5 repeats),
+the exact difference and an SVD re-rank of it are written, and the routes are compared by what they change in the
+denoiser's prediction, and by their ΔW.
 """
 
 from __future__ import annotations
@@ -16,54 +18,74 @@ from pathlib import Path
 from .train_report import lora_line
 
 SIZE = (64, 64)
+REPEATS = 5
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="train both copy-machine routes on a tiny model and compare them",
                                    description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("copylora-demo"), help="folder for everything written")
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per trained LoRA (4 are trained)")
+    parser.add_argument("--steps", type=int, default=200,
+                        help=f"optimizer steps per trained LoRA (4 are trained); each is one epoch of {REPEATS} "
+                             "repeats of the set's image")
     parser.add_argument("--rank", type=int, default=4, help="rank (and alpha) of the trained LoRAs")
-    parser.add_argument("--learning_rate", type=float, default=3e-3, help="learning rate (high: the model is tiny)")
+    parser.add_argument("--learning_rate", type=float, default=1e-3,
+                        help="peak learning rate (cosine schedule); higher learns faster but moves the model so far "
+                             "that LoRAs stop adding up")
+    parser.add_argument("--images", type=int, default=1, help="images per set (the articles use one)")
+    parser.add_argument("--pretrain_steps", type=int, default=None,
+                        help="steps of base-model training on plain shirts before the LoRAs; default: --steps")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads; the tiny model's operations are too small to gain from more")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, the images and the training")
     parser.set_defaults(func=run)
 
 
 def _config(args, route: str, name: str, data_a: Path, data_b: Path):
-    from ..train.config import LoopConfig, NetworkConfig, OptimConfig, OutputConfig, RouteConfig, TrainConfig
+    from ..train.config import (LoopConfig, LossConfig, NetworkConfig, OptimConfig, OutputConfig, RouteConfig,
+                                TrainConfig)
     from ..train.data_config import DatasetConfig
 
     def dataset(folder: Path) -> DatasetConfig:
         return DatasetConfig(data_dir=folder, resolution=f"{SIZE[0]},{SIZE[1]}", min_bucket_reso=64,
-                             max_bucket_reso=128, seed=args.seed)
+                             max_bucket_reso=128, seed=args.seed, batch_size=REPEATS * args.images)
 
+    # cosine decay: the last steps average out the noise of the diffusion loss instead of adding to it;
+    # min-SNR-5 weighting: ε-loss gradients of the least noisy timesteps are large and mostly noise.
     return TrainConfig(
         network=NetworkConfig(rank=args.rank, alpha=float(args.rank)),
-        optim=OptimConfig(learning_rate=args.learning_rate),
+        optim=OptimConfig(learning_rate=args.learning_rate, scheduler="cosine"),
         loop=LoopConfig(max_steps=args.steps, seed=args.seed),
+        loss=LossConfig(min_snr_gamma=5.0),
         output=OutputConfig(output_dir=args.out, output_name=name, save_precision="fp32", overwrite=True),
         route=RouteConfig(route=route, keep_parts=True),
         dataset_a=dataset(data_a), dataset_b=dataset(data_b))
 
 
-def _train(args, host, route: str, name: str, data: tuple[Path, Path]):
+def _train(args, host, route: str, data: tuple[Path, Path]):
     from ..train.callbacks import Callbacks
     from ..train.dataset import ImageDataset
     from ..train.routes import train
 
-    config = _config(args, route, name, *data)
+    config = _config(args, route, route, *data)
     sources = [ImageDataset(config.dataset_a), ImageDataset(config.dataset_b)]
-    last = {}
+    state = {"losses": []}
+    every = max(1, args.steps // 3)
 
     def on_step(step: int, loss: float, _lr: float) -> None:
-        if step % max(1, args.steps // 3) == 0 or step == args.steps:
-            print(f"  {last['phase']} step {step}/{args.steps}  loss {loss:.4f}")
+        state["losses"].append(loss)
+        if step % every == 0 or step == args.steps:
+            recent = state["losses"][-every:]
+            state["line"].append(f"{sum(recent) / len(recent):.4f}")
+        if step == args.steps:
+            print(f"  {state['phase']}: loss (mean of each third) {' → '.join(state['line'])}")
 
-    callbacks = Callbacks(on_step=on_step, on_phase=lambda phase, _total: last.update(phase=phase))
+    def on_phase(phase: str, _total: int) -> None:
+        state.update(phase=phase, losses=[], line=[])
+
     started = time.perf_counter()
-    print(f"{route} route:")
-    result = train(host, config, sources[0], sources[1], callbacks)
-    print(f"  trained in {time.perf_counter() - started:.1f}s")
+    result = train(host, config, sources[0], sources[1], Callbacks(on_step=on_step, on_phase=on_phase))
+    print(f"  {route} route trained in {time.perf_counter() - started:.1f}s")
     return result
 
 
@@ -90,45 +112,74 @@ def _describe_files(files: dict[str, object]) -> None:
         print(f"  [{kind}] {lora_line(lora)}")
 
 
-def _compare(args, host, files: dict) -> None:
-    from .demo_compare import applied, compare_deltas, mean_abs, sample, save_strip
+def _image(path: Path):
+    from PIL import Image
+
+    from ..hosts.tiny import image_to_tensor
+
+    return image_to_tensor(Image.open(path))
+
+
+def _compare(args, host, files: dict, images: tuple) -> None:
+    import torch
+
+    from .demo_compare import compare_deltas, compare_effects, effect, make_probe
 
     copier, exact, reranked = files["copier result"], files["difference (exact)"], files["difference (re-ranked)"]
+    with torch.no_grad():
+        latents = host.encode_images(images[1].unsqueeze(0).to(host.device))
+    probe = make_probe(host, latents)
+    on_a = compare_effects(effect(host, probe, copier, [(files["copier A"], 1.0)]),
+                           effect(host, probe, exact, [(files["difference A"], 1.0)]))
+    on_base = compare_effects(effect(host, probe, copier), effect(host, probe, exact))
     routes = compare_deltas(copier, exact)
     rank_error = compare_deltas(reranked, exact)
-    print("how the routes compare (ΔW over all modules):")
-    print(f"  ‖ΔW copier − ΔW difference‖ / ‖ΔW difference‖ = {routes.relative:.3f}, cosine {routes.cosine:.3f} "
-          f"(‖ΔW‖: copier {routes.norm_x:.4f}, difference {routes.norm_y:.4f})")
+    print("copier vs difference, by the change each makes to the denoiser's prediction on image B (noised at 10 "
+          "timesteps over the whole schedule), since many ΔW make the same change:")
+    print(f"  on top of A (where both were trained):  relative gap {on_a.relative:.3f}, cosine {on_a.cosine:.3f}")
+    print(f"  on the plain base (how users apply it): relative gap {on_base.relative:.3f}, "
+          f"cosine {on_base.cosine:.3f}")
+    print(f"  ΔW itself: ‖ΔW copier − ΔW difference‖ / ‖ΔW difference‖ = {routes.relative:.3f}, cosine "
+          f"{routes.cosine:.3f} (low-rank factors in a deep network are far from unique)")
     print(f"  re-rank to {args.rank} keeps {100 * (1 - rank_error.relative ** 2):.1f}% of the exact difference's "
           f"energy (relative error {rank_error.relative:.3f})")
-    base = sample(host, "", args.seed, SIZE)
-    images = {"base": base}
-    for label, lora in (("copier", copier), ("difference", exact), ("re-ranked", reranked)):
-        with applied(host, [(lora, 1.0)]):
-            images[label] = sample(host, "", args.seed, SIZE)
-    strip = save_strip(list(images.values()), args.out / "samples.png")
-    print(f"fixed-seed sample (seed {args.seed}, empty prompt): {strip} = {', '.join(images)}")
-    for label in ("copier", "difference", "re-ranked"):
-        print(f"  {label}: mean |change| from base {mean_abs(images[label], base):.4f}")
-    gap = mean_abs(images["copier"], images["difference"])
-    change = (mean_abs(images["copier"], base) + mean_abs(images["difference"], base)) / 2
-    print(f"  copier vs difference: mean |gap| {gap:.4f} = {gap / change if change else 0:.2f} × their mean change")
+
+
+def _pictures(args, host, files: dict, images: tuple) -> None:
+    from .demo_compare import effect_map, save_grid, sample
+
+    base = sample(host, args.seed, SIZE)
+    rows = [[images[0], images[1], effect_map(images[1], images[0]), base]]
+    for part_a, result in (("copier A", "copier result"), ("difference A", "difference (exact)"),
+                           ("difference A", "difference (re-ranked)")):
+        a, lora = (files[part_a], 1.0), (files[result], 1.0)
+        alone = sample(host, args.seed, SIZE, [lora])
+        rows.append([sample(host, args.seed, SIZE, [a]), sample(host, args.seed, SIZE, [a, lora]), alone,
+                     effect_map(alone, base)])
+    path = save_grid(rows, args.out / "samples.png")
+    print(f"{path}: rows = the images (A, B, |B − A|×4) and the base's sample (seed {args.seed}); then copier, "
+          "difference, re-ranked: A applied, A + result, result alone, |result alone − base|×4")
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
     from ..core.formats import read_lora
     from ..hosts.diffusers_host import DiffusersHost
     from ..hosts.tiny import save_tiny_model, write_ab_sets
 
+    torch.set_num_threads(max(1, args.threads))
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    model = save_tiny_model(args.out / "model", seed=args.seed)
-    data = write_ab_sets(args.out / "data", count=2, size=SIZE, repeats=5, seed=args.seed)
-    print(f"tiny SD1 model: {model}; image sets: {data[0]} (plain shirts), {data[1]} (with a printed mark)")
+    pretrain = args.steps if args.pretrain_steps is None else args.pretrain_steps
+    model = save_tiny_model(args.out / "model", seed=args.seed, pretrain_steps=pretrain)
+    data = write_ab_sets(args.out / "data", count=args.images, size=SIZE, repeats=REPEATS, seed=args.seed)
+    print(f"tiny SD1 model, its UNet trained {pretrain} steps on plain shirts ({time.perf_counter() - started:.0f}s):"
+          f" {model}\nimage sets ({args.images} × {REPEATS} repeats): {data[0]} (plain), {data[1]} (printed mark)")
     host = DiffusersHost.load(model)
-    copier = _train(args, host, "copier", "copier", data)
-    difference = _train(args, host, "difference", "difference", data)
+    copier = _train(args, host, "copier", data)
+    difference = _train(args, host, "difference", data)
     parts = {s: read_lora(args.out / f"difference{s}.safetensors") for s in ("_A", "_B")}
     files = {
         "copier A": read_lora(args.out / "copier_A.safetensors"),
@@ -138,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         "difference (re-ranked)": _rerank(args, (parts["_B"], parts["_A"])),
     }
     _describe_files(files)
-    _compare(args, host, files)
+    images = tuple(_image(sorted((folder / f"{REPEATS}_shirt").glob("*.png"))[0]) for folder in data)
+    _compare(args, host, files, images)
+    _pictures(args, host, files, images)
     print(f"demo finished in {time.perf_counter() - started:.1f}s; everything is under {args.out}")
     return 0

@@ -1,4 +1,5 @@
-"""Comparisons the demo reports: how far apart two LoRAs' ΔW are, and what they do to a fixed-seed sample."""
+"""Comparisons the demo reports: how far apart two LoRAs are, as ΔW and as what they change in the denoiser's
+prediction, and the pictures of what they do to a fixed-seed sample."""
 
 from __future__ import annotations
 
@@ -10,32 +11,80 @@ import torch
 
 from ..core.lorafile import LoraFile
 from ..train.host import Component
+from ..train.numerics import add_noise
 from ..train.sampling import ddim_sample
 
+Applied = Sequence[tuple[LoraFile, float]]
 
-class DeltaComparison(NamedTuple):
-    relative: float  # ‖ΔW_x − ΔW_y‖ / ‖ΔW_y‖ over all shared modules
-    cosine: float  # cosine similarity of the two ΔW, flattened over all modules
+
+class Comparison(NamedTuple):
+    relative: float  # ‖x − y‖ / ‖y‖
+    cosine: float  # cosine similarity of x and y, flattened
     norm_x: float
     norm_y: float
 
 
-def compare_deltas(x: LoraFile, y: LoraFile) -> DeltaComparison:
-    """ΔW of `x` against ΔW of `y` (the reference), module by module, summed over the modules both have."""
+def _compare(pairs: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Comparison:
     diff = dot = xx = yy = 0.0
-    for name in sorted(set(x.layers) & set(y.layers)):
-        dx, dy = x.layers[name].delta().double(), y.layers[name].delta().double()
-        diff += float((dx - dy).square().sum())
-        dot += float((dx * dy).sum())
-        xx += float(dx.square().sum())
-        yy += float(dy.square().sum())
+    for x, y in pairs:
+        x, y = x.double(), y.double()
+        diff += float((x - y).square().sum())
+        dot += float((x * y).sum())
+        xx += float(x.square().sum())
+        yy += float(y.square().sum())
     relative = (diff ** 0.5) / (yy ** 0.5) if yy else float("inf")
     cosine = dot / ((xx * yy) ** 0.5) if xx and yy else 0.0
-    return DeltaComparison(relative, cosine, xx ** 0.5, yy ** 0.5)
+    return Comparison(relative, cosine, xx ** 0.5, yy ** 0.5)
+
+
+def compare_deltas(x: LoraFile, y: LoraFile) -> Comparison:
+    """ΔW of `x` against ΔW of `y` (the reference), over the modules both have."""
+    names = sorted(set(x.layers) & set(y.layers))
+    return _compare((x.layers[n].delta(), y.layers[n].delta()) for n in names)
+
+
+class Probe(NamedTuple):
+    """Noisy latents of some images at timesteps spread over the whole schedule, with fixed noise."""
+
+    noisy: torch.Tensor
+    timesteps: torch.Tensor
+    cond: torch.Tensor
+
+
+def make_probe(host, latents: torch.Tensor, timesteps: int = 10, draws: int = 2, seed: int = 1234) -> Probe:
+    """Every image at `timesteps` evenly spaced timesteps (midpoints of equal slices of the schedule), `draws`
+    noises each: the denoiser is compared where it is trained, over all noise levels alike."""
+    abar = host.noise_schedule().alphas_cumprod.cpu()
+    total = len(abar)
+    steps = torch.tensor([int((i + 0.5) * total / timesteps) for i in range(timesteps)])
+    t = steps.repeat_interleave(draws).repeat(latents.shape[0])
+    x0 = latents.float().cpu().repeat_interleave(timesteps * draws, dim=0)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        cond = host.encode_prompts([""])
+    return Probe(add_noise(x0, noise, t, abar), t, cond)
+
+
+def predict(host, probe: Probe, loras: Applied = ()) -> torch.Tensor:
+    """The denoiser's predictions on the probe with `loras` merged in for the while."""
+    device = host.device
+    with applied(host, loras), torch.no_grad():
+        cond = probe.cond.expand(probe.noisy.shape[0], *probe.cond.shape[1:]).to(device)
+        out = host.predict_noise(probe.noisy.to(device, host.dtype), probe.timesteps.to(device), cond)
+    return out.float().cpu()
+
+
+def effect(host, probe: Probe, lora: LoraFile, under: Applied = ()) -> torch.Tensor:
+    """What `lora` changes in the prediction of the model that already has `under` applied."""
+    return predict(host, probe, [*under, (lora, 1.0)]) - predict(host, probe, under)
+
+
+def compare_effects(x: torch.Tensor, y: torch.Tensor) -> Comparison:
+    return _compare(iter([(x, y)]))
 
 
 @contextmanager
-def applied(host, loras: Sequence[tuple[LoraFile, float]]) -> Iterator[None]:
+def applied(host, loras: Applied) -> Iterator[None]:
     """The LoRAs merged into the host's weights (ΔW × multiplier) for a while; the exact original tensors are put
     back afterwards, whatever happens."""
     modules = {t.kohya_name: t.module for t in host.target_modules({Component.UNET, Component.TEXT_ENCODER})}
@@ -55,25 +104,36 @@ def applied(host, loras: Sequence[tuple[LoraFile, float]]) -> Iterator[None]:
                 modules[name].weight.copy_(original)
 
 
-def sample(host, prompt: str, seed: int, size: tuple[int, int], steps: int = 20, guidance: float = 5.0):
-    """One DDIM sample, (3, H, W) in [0, 1], from noise drawn with `seed`."""
+def sample(host, seed: int, size: tuple[int, int], loras: Applied = (), steps: int = 20, guidance: float = 5.0):
+    """One DDIM sample with the empty prompt, (3, H, W) in [0, 1], from noise drawn with `seed`."""
     shape = (1, 4, size[1] // 8, size[0] // 8)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(host.device)
-    with torch.no_grad():
-        cond = host.encode_prompts([prompt])
-        uncond = host.encode_prompts([""])
-        latents = ddim_sample(host, cond, uncond, noise, steps, guidance)
+    with applied(host, loras), torch.no_grad():
+        cond = host.encode_prompts([""])
+        latents = ddim_sample(host, cond, cond, noise, steps, guidance)
         image = host.decode_latents(latents.to(host.dtype))
     return ((image[0].float() + 1) / 2).clamp(0, 1).cpu()
 
 
-def save_strip(images: Sequence[torch.Tensor], path: Path, scale: int = 4) -> Path:
-    """Images side by side, enlarged `scale` times (the demo's are 64 pixels wide)."""
+def effect_map(with_lora: torch.Tensor, without: torch.Tensor, gain: float = 4.0) -> torch.Tensor:
+    """|with − without| per pixel (mean over colours), amplified, as a grey image: where a LoRA acts."""
+    change = (with_lora - without).abs().mean(dim=0, keepdim=True).mul(gain).clamp(0, 1)
+    return change.expand(3, -1, -1)
+
+
+def save_grid(rows: Sequence[Sequence[torch.Tensor]], path: Path, scale: int = 4) -> Path:
+    """Rows of (3, H, W) images in [0, 1], enlarged `scale` times with a 1-pixel white gap (before scaling)."""
     import numpy as np
     from PIL import Image
 
-    strip = torch.cat(list(images), dim=-1).permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()
-    picture = Image.fromarray(np.ascontiguousarray(strip))
+    height, width = rows[0][0].shape[-2:]
+    columns = max(len(row) for row in rows)
+    grid = torch.ones(3, len(rows) * (height + 1) - 1, columns * (width + 1) - 1)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            grid[:, r * (height + 1):r * (height + 1) + height, c * (width + 1):c * (width + 1) + width] = image
+    pixels = grid.permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()
+    picture = Image.fromarray(np.ascontiguousarray(pixels))
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)

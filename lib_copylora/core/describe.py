@@ -54,7 +54,8 @@ def kinds_label(lora: LoraFile) -> str:
     lowrank = [layer for layer in lora.layers.values() if layer.kind is LayerKind.LORA]
     labels = {layer.kind.label for layer in lora.layers.values() if layer.kind is not LayerKind.LORA}
     if lowrank:
-        labels.add(_LOCON if any(layer.is_conv for layer in lowrank) else "LoRA")
+        # kohya's plain LoRA already has 1×1 convs (SD1's proj_in/proj_out); LoCon adds k×k ResNet/sampler convs
+        labels.add(_LOCON if any(layer.is_conv and layer.shape[2:] != (1, 1) for layer in lowrank) else "LoRA")
     if len(labels) == 1:
         return labels.pop()
     return "mixed: " + ", ".join(sorted(labels))

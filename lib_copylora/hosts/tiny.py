@@ -3,7 +3,11 @@
 The model keeps the real block layout (SD1: CrossAttnDownBlock2D ×3 + DownBlock2D, the matching up blocks, a
 cross-attention mid block; SDXL: Down + CrossAttnDown ×2, two text encoders and the text-time embedding), so every
 kohya module name and every block a LoRA touches is the one a real checkpoint has; only the widths are small.
-Weights come from a seed and the tokenizer's vocabulary is generated here, so nothing is ever downloaded.
+Weights come from a seed and the tokenizer's vocabulary is generated here, so nothing is ever downloaded. As SD's
+0.18215 does for SD's VAE, the tiny VAE's scaling factor makes its latents unit-variance (measured on synthetic
+shirts): with the diffusers default the random VAE's latents have a std of about 0.05, so every noisy latent is
+nearly pure noise and no image can be learned. `pretrain_unet` turns the random UNet into a base that already
+denoises plain shirts, as a real base model already knows its subjects.
 """
 
 from __future__ import annotations
@@ -129,6 +133,22 @@ def scheduler_config(prediction: str = "epsilon") -> dict:
                 prediction_type=prediction, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
+def unit_latent_scale(vae, size: tuple[int, int] = (64, 64), count: int = 16) -> float:
+    """1 / std of the VAE's latents (posterior means) of `count` synthetic shirts: SD's rule for scaling_factor."""
+    rng = random.Random(7)
+    images = torch.stack([image_to_tensor(draw_shirt(_random_scene(rng), size, i % 2 == 1)) for i in range(count)])
+    with torch.no_grad():
+        latents = vae.encode(images.to(vae.dtype)).latent_dist.mode()
+    return float(1.0 / latents.float().std())
+
+
+def image_to_tensor(image) -> torch.Tensor:
+    """A PIL RGB image as (3, H, W) in [-1, 1]."""
+    import numpy as np
+
+    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
 def build_tiny_pipeline(family: Family = Family.SD1, seed: int = 0, prediction: str = "epsilon"):
     """A diffusers pipeline object with seeded weights (StableDiffusionPipeline or StableDiffusionXLPipeline)."""
     import tempfile
@@ -144,6 +164,7 @@ def build_tiny_pipeline(family: Family = Family.SD1, seed: int = 0, prediction: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKL(**vae_config())
+        vae.register_to_config(scaling_factor=unit_latent_scale(vae))
         if family is not Family.SDXL:
             act = "quick_gelu" if family is Family.SD1 else "gelu"
             text_encoder = CLIPTextModel(_text_config(vocab_size, 32, 32, act))
@@ -162,15 +183,59 @@ def build_tiny_pipeline(family: Family = Family.SD1, seed: int = 0, prediction: 
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
 
 
-def save_tiny_model(folder: Path, family: Family = Family.SD1, seed: int = 0, prediction: str = "epsilon") -> Path:
-    """Write the tiny model as a diffusers folder (`--model` can point at it); returns the folder."""
+def save_tiny_model(folder: Path, family: Family = Family.SD1, seed: int = 0, prediction: str = "epsilon",
+                    pretrain_steps: int = 0) -> Path:
+    """Write the tiny model as a diffusers folder (`--model` can point at it); returns the folder. With
+    `pretrain_steps`, its UNet is first trained that many steps on plain shirts (`pretrain_unet`)."""
     folder = Path(folder)
     pipe = build_tiny_pipeline(family, seed, prediction)
+    if pretrain_steps:
+        pretrain_unet(pipe, pretrain_steps, seed=seed)
     pipe.save_pretrained(str(folder), safe_serialization=True)
     # Our own vocab.json/merges.txt beside the fast tokenizer's files, for transformers versions that want them.
     for sub in ("tokenizer", "tokenizer_2") if family is Family.SDXL else ("tokenizer",):
         write_tokenizer(folder / sub)
     return folder
+
+
+def pretrain_unet(pipe, steps: int, seed: int = 0, learning_rate: float = 2e-3, batch: int = 8,
+                  scenes: int = 64, size: tuple[int, int] = (64, 64)) -> list[float]:
+    """Train the whole UNet of a tiny SD1/SD2 pipeline on `scenes` random plain shirts (never the demo's own, never
+    a mark), empty prompt, ε or v loss as its scheduler predicts. Returns the loss of each step.
+
+    A random UNet cannot denoise, and a LoRA on its attention layers learns denoising only slowly and noisily;
+    the copier method assumes a base that already draws the subject and LoRAs that move it a little."""
+    from ..train.numerics import add_noise, training_target
+
+    from .diffusers_host import DiffusersHost
+
+    host = DiffusersHost.from_pipeline(pipe)
+    schedule = host.noise_schedule()
+    rng = random.Random(f"copylora-pretrain:{seed}")
+    images = torch.stack([image_to_tensor(draw_shirt(_random_scene(rng), size, False)) for _ in range(scenes)])
+    generator = torch.Generator().manual_seed(seed)
+    unet = host.unet
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate)
+    losses = []
+    with torch.no_grad():
+        latents = host.encode_images(images)
+        cond = host.encode_prompts([""] * batch)
+    unet.requires_grad_(True)
+    try:
+        for _ in range(steps):
+            x0 = latents[torch.randint(0, scenes, (batch,), generator=generator)]
+            noise = torch.randn(x0.shape, generator=generator)
+            t = torch.randint(0, len(schedule.alphas_cumprod), (batch,), generator=generator)
+            noisy = add_noise(x0, noise, t, schedule.alphas_cumprod)
+            target = training_target(x0, noise, t, schedule.alphas_cumprod, schedule.prediction)
+            loss = (host.predict_noise(noisy, t, cond) - target).pow(2).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss))
+    finally:
+        unet.requires_grad_(False)
+    return losses
 
 
 # ---- synthetic A/B image sets ------------------------------------------------------------------------------------

@@ -5,6 +5,12 @@
   train B on top; the result is B, which applied to the plain base adds only what differs between the sets.
 - difference: train A and B on the base; the result is the exact merge B − A (core.merge), optionally re-ranked.
 
+Common random numbers: every LoRA of a route starts from the same initial weights, and every phase draws the same
+noise and timesteps in the same order (its own generator seeded with `loop.seed`; datasets order their epochs from
+their own seed), as separate kohya runs with one seed do. So the difference route's A and B see identical draws and
+B − A keeps what the image sets make differ, not what two unrelated noise sequences do (on identical sets B − A is
+exactly zero); the copier's B starts where A started.
+
 Whatever happens (success, an error, a stop), the base ends bit-identical: its weights are never written (LoRA
 modules act through forward hooks that are removed in `finally`) and its requires_grad flags are put back.
 """
@@ -60,7 +66,7 @@ def train_single(host: TrainingHost, config: TrainConfig, data: BatchSource, cal
                  control: Optional[TrainControl] = None) -> RouteResult:
     run = _Run(host, config, callbacks, control)
     with run.session():
-        network = run.network(seed_offset=0)
+        network = run.network()
         result = run.phase("single", network, data, suffix="")
         if result.stopped:
             return run.stopped({"single": result})
@@ -72,12 +78,12 @@ def train_copier(host: TrainingHost, config: TrainConfig, data_a: BatchSource, d
                  callbacks: Optional[Callbacks] = None, control: Optional[TrainControl] = None) -> RouteResult:
     run = _Run(host, config, callbacks, control)
     with run.session():
-        network_a = run.network(seed_offset=0)
+        network_a = run.network()
         phases = {"A": run.phase("A", network_a, data_a, suffix="_A")}
         if phases["A"].stopped:
             return run.stopped(phases)
         network_a.freeze()
-        network_b = run.network(seed_offset=1)
+        network_b = run.network()
         with network_a.attached():  # A stays on, frozen, while B learns what B's set has beyond A's
             phases["B"] = run.phase("B", network_b, data_b, suffix="")
         if phases["B"].stopped:
@@ -92,7 +98,7 @@ def train_difference(host: TrainingHost, config: TrainConfig, data_a: BatchSourc
                      callbacks: Optional[Callbacks] = None, control: Optional[TrainControl] = None) -> RouteResult:
     run = _Run(host, config, callbacks, control)
     with run.session():
-        network_a, network_b = run.network(seed_offset=0), run.network(seed_offset=1)
+        network_a, network_b = run.network(), run.network()  # the same start: see the module notes
         phases = {"A": run.phase("A", network_a, data_a, suffix="_A")}
         if phases["A"].stopped:
             return run.stopped(phases)
@@ -158,8 +164,9 @@ class _Run:
             for tensor, flag in flags:
                 tensor.requires_grad_(flag)
 
-    def network(self, seed_offset: int) -> LoraNetwork:
-        return LoraNetwork(self.targets, self.config.network, seed=self.config.loop.seed + seed_offset,
+    def network(self) -> LoraNetwork:
+        """A fresh network; every one a route builds starts from the same weights (common random numbers)."""
+        return LoraNetwork(self.targets, self.config.network, seed=self.config.loop.seed,
                            device=self.host.device)
 
     def phase(self, name: str, network: LoraNetwork, source: BatchSource, suffix: str) -> PhaseResult:

@@ -29,8 +29,24 @@ def model_family(sd_model) -> Family:
     return Family.SD1
 
 
+def forge_family(sd_model) -> Optional[Family]:
+    """The family of a Forge model, None for the ones block weights do not describe (Flux, SD3, ...): Forge's engine
+    says which it is by `is_sd1` / `is_sd2` / `is_sdxl`, all False for the others."""
+    for flag, family in (("is_sdxl", Family.SDXL), ("is_sd2", Family.SD2), ("is_sd1", Family.SD1)):
+        if getattr(sd_model, flag, False):
+            return family
+    return None
+
+
 def lbw_extension_active() -> bool:
     """True when the LoRA Block Weight extension's script is loaded: both of us would scale the same LoRA."""
     from modules import scripts
 
     return any("lora_block_weight" in (data.path or "").lower() for data in scripts.scripts_data)
+
+
+def ui_components() -> ModuleType:
+    """The WebUI's own gradio building blocks (FormRow, ToolButton, InputAccordion), for the tab's look."""
+    from modules import ui_components
+
+    return ui_components

@@ -13,7 +13,8 @@ from typing import Optional
 from ..core import lora_tags
 from ..core.presets import load_presets
 from . import compat
-from .block_apply import BlockReport, apply_block_weights
+from .block_apply import BlockReport, apply_block_weights, undo_all
+from .forge_blocks import apply_forge_block_weights, undo_forge_block_weights
 from .paths import preset_path
 
 log = logging.getLogger("copylora")
@@ -91,7 +92,12 @@ class BlockWeightHook:
         except Exception as exc:  # a broken preset file must not stop generation
             self._report(p, [f"block-weight presets could not be read: {exc}"])
             presets = {}
-        report = apply_block_weights(networks.loaded_networks, specs_from(extra_network_data), family, presets)
+        if compat.is_forge():  # Forge keeps patches, not modules: scale their strengths there
+            report = apply_forge_block_weights(shared.sd_model, networks.loaded_networks,
+                                               specs_from(extra_network_data), compat.forge_family(shared.sd_model),
+                                               presets)
+        else:
+            report = apply_block_weights(networks.loaded_networks, specs_from(extra_network_data), family, presets)
         self._report(p, report.problems)
         self._record(p, report)
 
@@ -119,3 +125,15 @@ class BlockWeightHook:
                 "CopyLoRA: the LoRA Block Weight extension is also active; both read lbw= and would scale the "
                 "same LoRA twice. Disable one of them in Extensions."
             )
+
+
+def undo_block_weights() -> None:
+    """Script unload / UI reload: take back every per-block change, on A1111 (module multipliers) or Forge
+    (scaled patchers), so the built-in Lora behaves as if we were never here."""
+    from modules import shared
+
+    if compat.is_forge():
+        undo_forge_block_weights(shared.sd_model)
+    networks = compat.builtin_lora()
+    if networks is not None:
+        undo_all(networks)

@@ -4,7 +4,7 @@ Configured by the environment (see docs/webui-testbed.md):
   COPYLORA_WEBUI_DIR     a prepared WebUI tree; the run starts and stops its own server
   COPYLORA_WEBUI_PYTHON  that tree's interpreter (default: <DIR>/venv/bin/python)
   COPYLORA_WEBUI_URL     a server someone already started (takes precedence; nothing is started or stopped)
-  COPYLORA_TEST_CACHE    generated fixtures, logs and the WebUI data folder (default: ~/.cache/copylora-tests)
+  COPYLORA_TEST_CACHE    generated fixtures, logs and the WebUI data folder (default: copylora-tests-<uid> in the temporary folder)
 With none of the first three set, every test marked `webui` or `browser` is skipped at collection.
 """
 

@@ -28,6 +28,9 @@ OFFLINE_CPU_FLAGS = (
     "--use-cpu", "all", "--no-half", "--precision", "full", "--api", "--server-name", "127.0.0.1",
     "--loglevel", "DEBUG",  # the built-in Lora extension reports unmatched LoRA keys only at DEBUG
 )
+# Forge (a tree with `modules_forge/`) takes the same flags plus its own device flag, and loads the model at the first
+# generation rather than at start-up, so it is ready once its API answers.
+FORGE_CPU_FLAGS = ("--always-cpu",)
 # Inherited variables that would change what starts: extra flags, our venv's imports.
 DROPPED_ENV = ("COMMANDLINE_ARGS", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
 
@@ -50,6 +53,10 @@ class ServerConfig:
             raise ValueError(f"WebUI interpreter {self.python} does not exist (COPYLORA_WEBUI_PYTHON)")
         if self.ready_timeout_s <= 0:
             raise ValueError("ready_timeout_s must be positive")
+
+
+def is_forge_tree(webui_dir: Path) -> bool:
+    return (webui_dir / "modules_forge").is_dir()
 
 
 def free_port() -> int:
@@ -94,8 +101,9 @@ class WebuiServer:
 
     def command(self, port: int) -> list[str]:
         c = self.config
-        return [str(c.python), "launch.py", *OFFLINE_CPU_FLAGS, "--port", str(port), "--data-dir", str(c.data_dir),
-                "--ckpt", str(c.checkpoint), "--lora-dir", str(c.lora_dir)]
+        forge_flags = FORGE_CPU_FLAGS if is_forge_tree(c.webui_dir) else ()
+        return [str(c.python), "launch.py", *OFFLINE_CPU_FLAGS, *forge_flags, "--port", str(port),
+                "--data-dir", str(c.data_dir), "--ckpt", str(c.checkpoint), "--lora-dir", str(c.lora_dir)]
 
     def start(self) -> str:
         if self.process is not None:
@@ -124,7 +132,7 @@ class WebuiServer:
             if MODEL_FAILED.search(text):
                 raise RuntimeError(f"the WebUI could not load the model; log {self.log_path}:\n{self.log_tail()}")
             api_up = api_up or (STARTED.search(text) is not None and self._answers("/sdapi/v1/sd-models"))
-            if api_up and MODEL_LOADED.search(text):
+            if api_up and (is_forge_tree(self.config.webui_dir) or MODEL_LOADED.search(text)):
                 return
             time.sleep(1.0)
         raise TimeoutError(f"the WebUI was not ready after {self.config.ready_timeout_s:.0f} s "

@@ -103,7 +103,9 @@ def test_infotext_records_the_weights_and_pasting_it_back_reproduces(webui, lora
 
 
 def test_hires_fix_and_batches_behave_like_builtin(webui, lora):
-    hires = dict(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.5)
+    # Forge's API needs hr_additional_modules for hires; A1111's request model ignores fields it does not know
+    hires = dict(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.5,
+                 hr_additional_modules=["Use same choices"])
     with_all = gen(webui, f"{PROMPT} <lora:{lora}:1:ALL>", **hires).image
     assert with_all.shape[0] == 96
     assert same(with_all, gen(webui, f"{PROMPT} <lora:{lora}:1>", **hires).image)
