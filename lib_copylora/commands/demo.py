@@ -70,18 +70,19 @@ def _train(args, host, route: str, data: tuple[Path, Path]):
     config = _config(args, route, route, *data)
     sources = [ImageDataset(config.dataset_a), ImageDataset(config.dataset_b)]
     state = {"losses": []}
-    every = max(1, args.steps // 3)
+    thirds = sorted({max(1, round(k * args.steps / 3)) for k in (1, 2, 3)})
 
     def on_step(step: int, loss: float, _lr: float) -> None:
         state["losses"].append(loss)
-        if step % every == 0 or step == args.steps:
-            recent = state["losses"][-every:]
+        if step in thirds:
+            recent = state["losses"][state["mark"]:]
+            state.update(mark=len(state["losses"]))
             state["line"].append(f"{sum(recent) / len(recent):.4f}")
         if step == args.steps:
             print(f"  {state['phase']}: loss (mean of each third) {' → '.join(state['line'])}")
 
     def on_phase(phase: str, _total: int) -> None:
-        state.update(phase=phase, losses=[], line=[])
+        state.update(phase=phase, losses=[], line=[], mark=0)
 
     started = time.perf_counter()
     result = train(host, config, sources[0], sources[1], Callbacks(on_step=on_step, on_phase=on_phase))
@@ -146,10 +147,15 @@ def _compare(args, host, files: dict, images: tuple) -> None:
 
 
 def _pictures(args, host, files: dict, images: tuple) -> None:
+    import torch
+
     from .demo_compare import effect_map, save_grid, sample
 
     base = sample(host, args.seed, SIZE)
-    rows = [[images[0], images[1], effect_map(images[1], images[0]), base]]
+    with torch.no_grad():  # the tiny VAE is random: this is what a perfect copy of each image decodes to
+        round_trip = host.decode_latents(host.encode_images(torch.stack(images).to(host.device)))
+    round_trip = ((round_trip.float().cpu() + 1) / 2).clamp(0, 1)
+    rows = [[(images[0] + 1) / 2, (images[1] + 1) / 2, round_trip[0], round_trip[1], base]]
     for part_a, result in (("copier A", "copier result"), ("difference A", "difference (exact)"),
                            ("difference A", "difference (re-ranked)")):
         a, lora = (files[part_a], 1.0), (files[result], 1.0)
@@ -157,8 +163,9 @@ def _pictures(args, host, files: dict, images: tuple) -> None:
         rows.append([sample(host, args.seed, SIZE, [a]), sample(host, args.seed, SIZE, [a, lora]), alone,
                      effect_map(alone, base)])
     path = save_grid(rows, args.out / "samples.png")
-    print(f"{path}: rows = the images (A, B, |B − A|×4) and the base's sample (seed {args.seed}); then copier, "
-          "difference, re-ranked: A applied, A + result, result alone, |result alone − base|×4")
+    print(f"{path}: row 1 = images A, B, both through the tiny random VAE (what a perfect copy decodes to), the "
+          f"base's sample (seed {args.seed}); rows 2-4 = copier, difference, re-ranked: A applied, A + result, "
+          "result alone, |result alone − base|×4 (where the result acts)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -232,7 +232,7 @@ def pretrain_unet(pipe, steps: int, seed: int = 0, learning_rate: float = 2e-3, 
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(loss.item())
     finally:
         unet.requires_grad_(False)
     return losses
