@@ -69,8 +69,15 @@ class WebuiSettings:
         return problems
 
 
+TEST_TIMEOUT_S = 900  # one hung test must not hold the 9 GB server for ever (a whole tier run takes ~10 min)
+
+
 def pytest_collection_modifyitems(config, items):
     if WebuiSettings.from_env().configured:
+        if config.pluginmanager.hasplugin("timeout"):  # pytest-timeout, from requirements-dev.txt
+            for item in items:
+                if any(item.get_closest_marker(m) for m in TIER_MARKERS) and not item.get_closest_marker("timeout"):
+                    item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S))
         return
     skip = pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
