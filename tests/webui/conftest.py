@@ -16,11 +16,12 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import pytest
 
 from .client import WebuiClient
-from .fixtures.cache import FixturePaths, check_outside, default_cache_dir, ensure_fixtures
+from .fixtures.cache import FixturePaths, check_outside, default_cache_dir, ensure_fixtures, ensure_sd2_checkpoint
 from .fixtures.make_loras import KINDS, network_name
 from .install import REPO_ROOT, install_extension
 from .server import ServerConfig, WebuiServer
@@ -152,6 +153,42 @@ def webui(request, webui_settings, webui_fixtures):
             yield WebuiClient(server.start(), server=server)
         finally:
             server.stop()
+
+
+# The WebUI's own config for SD2-768-v, inside its tree; the fixture copies it beside the random SD2 checkpoint.
+SD2_V_CONFIG = ("repositories", "stable-diffusion-stability-ai", "configs", "stable-diffusion", "v2-inference-v.yaml")
+
+
+class Sd2Checkpoint(NamedTuple):
+    title: str  # the value of the `sd_model_checkpoint` option that loads it
+    sha256: str
+
+
+@pytest.fixture(scope="module")
+def sd2_checkpoint(webui, webui_settings) -> Iterator[Sd2Checkpoint]:
+    """Our random SD2-768-v checkpoint, listed by the running server (linked into its models/Stable-diffusion for
+    the module, then unlinked). Only for a server this run started: it needs the WebUI tree for the v config."""
+    if webui.server is None:
+        pytest.skip("the SD2 fixture needs a WebUI this run started (COPYLORA_WEBUI_DIR), not COPYLORA_WEBUI_URL")
+    v_config = webui_settings.webui_dir.joinpath(*SD2_V_CONFIG)
+    if not v_config.is_file():
+        pytest.skip(f"this WebUI tree has no {v_config.name}; it cannot load an SD2-v checkpoint")
+    checkpoint, digest = ensure_sd2_checkpoint(webui_settings.cache_dir, v_config)
+    models = webui.server.config.data_dir / "models" / "Stable-diffusion"
+    models.mkdir(parents=True, exist_ok=True)
+    linked = [models / checkpoint.name, models / checkpoint.with_suffix(".yaml").name]
+    for link, source in zip(linked, (checkpoint, checkpoint.with_suffix(".yaml"))):
+        link.unlink(missing_ok=True)
+        os.link(source, link)  # a hard link: the WebUI looks for the config beside the path it lists
+    try:
+        webui.post("/sdapi/v1/refresh-checkpoints", {})
+        titles = [m["title"] for m in webui.get("/sdapi/v1/sd-models") if Path(m["filename"]).name == checkpoint.name]
+        assert titles, f"the WebUI does not list {checkpoint.name} after a refresh"
+        yield Sd2Checkpoint(titles[0], digest)
+    finally:
+        for link in linked:
+            link.unlink(missing_ok=True)
+        webui.post("/sdapi/v1/refresh-checkpoints", {})
 
 
 @pytest.fixture(scope="session")
