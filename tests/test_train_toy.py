@@ -106,6 +106,7 @@ def test_routes_save_parts_interim_files_and_kohya_metadata(tmp_path):
     assert meta["ss_network_module"] == "networks.lora" and meta["ss_base_model_version"] == "sd_v1"
     assert meta["ss_optimizer"] == "torch.optim.adamw.AdamW" and meta["ss_mixed_precision"] == "bf16"
     assert meta["ss_steps"] == "4" and meta["ss_lr_scheduler"] == "constant" and meta["ss_min_snr_gamma"] == "None"
+    assert meta["ss_v_parameterization"] == "False"
     assert float(meta["ss_training_finished_at"]) >= float(meta["ss_training_started_at"]) > 1.6e9
     recipe = read_recipe(meta)
     assert recipe["route"] == "difference" and recipe["phases"] == {"A": 4, "B": 4}
@@ -113,3 +114,14 @@ def test_routes_save_parts_interim_files_and_kohya_metadata(tmp_path):
     assert read_recipe(read_lora(copier.path).metadata)["route"] == "copier"
     part = read_lora(tmp_path / "c" / "feature_A.safetensors")
     assert read_recipe(part.metadata)["phases"] == {"A": 4} and part.metadata["ss_network_dim"] == "2"
+
+
+def test_a_v_prediction_host_is_recorded_as_kohya_does(tmp_path):
+    from lib_copylora.core.formats import read_lora
+    from lib_copylora.train.host import Prediction
+    from lib_copylora.train.routes import train_single
+    from toy_host import ToyHost
+
+    data = ToySource(torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(1)), 2)
+    result = train_single(ToyHost(prediction=Prediction.V), _quick("single", tmp_path), data)
+    assert read_lora(result.path).metadata["ss_v_parameterization"] == "True"

@@ -27,6 +27,7 @@ class RunFacts(NamedTuple):
     epochs: int
     optimizer: str
     num_train_images: Optional[int]
+    v_prediction: bool = False  # the host's denoiser predicts v (SD2-768-v): kohya's ss_v_parameterization
 
 
 def _none(value) -> str:
@@ -76,6 +77,7 @@ def training_metadata(lora: LoraFile, config: TrainConfig, facts: RunFacts) -> d
         "ss_resolution": str(dataset.max_size) if dataset is not None else "None",
         "ss_num_train_images": _none(facts.num_train_images),
         "ss_prior_loss_weight": str(dataset.prior_loss_weight) if dataset is not None else "None",
+        "ss_v_parameterization": str(facts.v_prediction),
     })
     return metadata
 

@@ -35,7 +35,7 @@ from .callbacks import Callbacks, TrainControl
 from .checkpoint import state_path
 from .config import Route, TrainConfig
 from .errors import TrainConfigError
-from .host import Component, TrainingHost
+from .host import Component, Prediction, TrainingHost
 from .loop import BatchSource, PhaseJob, PhaseResult, run_phase
 from .metadata import RunFacts, with_training_metadata
 from .network import LoraNetwork
@@ -192,7 +192,9 @@ class _Run:
         steps = list(phases.values())[-1].steps
         per_epoch = max(1, source.batches_per_epoch())
         epochs = math.ceil(steps * self.config.loop.gradient_accumulation_steps / per_epoch)
-        return RunFacts(self.started_at, time.time(), steps, epochs, self.optimizer, _num_train_images(source))
+        v_prediction = self.host.noise_schedule().prediction is Prediction.V
+        return RunFacts(self.started_at, time.time(), steps, epochs, self.optimizer, _num_train_images(source),
+                        v_prediction)
 
     def save_partial(self, network: LoraNetwork, phase: str, source: BatchSource, suffix: str, step: int) -> Path:
         """An intermediate save (every n steps/epochs, or on stop-and-save) of the network being trained."""

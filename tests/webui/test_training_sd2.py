@@ -96,6 +96,7 @@ def test_a_single_run_on_sd2_saves_an_sd2_lora_and_leaves_the_model_as_it_was(we
         metadata = handle.metadata()
         keys = list(handle.keys())
     assert (metadata["ss_v2"], metadata["ss_base_model_version"]) == ("True", "sd_v2")
+    assert metadata["ss_v_parameterization"] == "True"  # trained against the v target the v config sets
     assert any("proj_in" in k for k in keys) and any(k.startswith("lora_unet_") for k in keys)
     assert webui.get(f"{API}/model-hash")["sha256"] == before_hash
     with_lora = webui.txt2img(f"{PROMPT} <lora:cl-sd2:1>", SEED)
