@@ -21,7 +21,8 @@ from typing import Iterator, NamedTuple
 import pytest
 
 from .client import WebuiClient
-from .fixtures.cache import FixturePaths, check_outside, default_cache_dir, ensure_fixtures, ensure_sd2_checkpoint
+from .fixtures.cache import (FixturePaths, check_outside, default_cache_dir, ensure_fixtures, ensure_sd2_checkpoint,
+                             ensure_sdxl_checkpoint)
 from .fixtures.make_loras import KINDS, network_name
 from .install import REPO_ROOT, install_extension
 from .server import ServerConfig, WebuiServer
@@ -159,7 +160,7 @@ def webui(request, webui_settings, webui_fixtures):
 SD2_V_CONFIG = ("repositories", "stable-diffusion-stability-ai", "configs", "stable-diffusion", "v2-inference-v.yaml")
 
 
-class Sd2Checkpoint(NamedTuple):
+class Sd2Checkpoint(NamedTuple):  # also the SDXL fixture's value
     title: str  # the value of the `sd_model_checkpoint` option that loads it
     sha256: str
 
@@ -188,6 +189,35 @@ def sd2_checkpoint(webui, webui_settings) -> Iterator[Sd2Checkpoint]:
     finally:
         for link in linked:
             link.unlink(missing_ok=True)
+        webui.post("/sdapi/v1/refresh-checkpoints", {})
+
+
+# sgm and its SDXL config, inside the WebUI tree: without them the WebUI cannot build an SDXL model.
+SDXL_CONFIG = ("repositories", "generative-models", "configs", "inference", "sd_xl_base.yaml")
+
+
+@pytest.fixture(scope="module")
+def sdxl_checkpoint(webui, webui_settings) -> Iterator[Sd2Checkpoint]:
+    """Our random SDXL base checkpoint (6.9 GB; about 14 GB once the --no-half server loads it), listed by the
+    running server for the module (hard-linked into its models/Stable-diffusion, then unlinked). No config goes
+    beside it: the WebUI recognises SDXL from its keys. Only for a server this run started."""
+    if webui.server is None:
+        pytest.skip("the SDXL fixture needs a WebUI this run started (COPYLORA_WEBUI_DIR), not COPYLORA_WEBUI_URL")
+    if not webui_settings.webui_dir.joinpath(*SDXL_CONFIG).is_file():
+        pytest.skip("this WebUI tree has no generative-models repository; it cannot load an SDXL checkpoint")
+    checkpoint, digest = ensure_sdxl_checkpoint(webui_settings.cache_dir)
+    models = webui.server.config.data_dir / "models" / "Stable-diffusion"
+    models.mkdir(parents=True, exist_ok=True)
+    link = models / checkpoint.name
+    link.unlink(missing_ok=True)
+    os.link(checkpoint, link)
+    try:
+        webui.post("/sdapi/v1/refresh-checkpoints", {})
+        titles = [m["title"] for m in webui.get("/sdapi/v1/sd-models") if Path(m["filename"]).name == checkpoint.name]
+        assert titles, f"the WebUI does not list {checkpoint.name} after a refresh"
+        yield Sd2Checkpoint(titles[0], digest)
+    finally:
+        link.unlink(missing_ok=True)
         webui.post("/sdapi/v1/refresh-checkpoints", {})
 
 
