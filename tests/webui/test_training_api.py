@@ -7,44 +7,27 @@ Tiny on purpose: 64×64 images, a handful of steps, 2 sampling steps; the fixtur
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from .client import WebuiHttpError
+from .training_support import (API, PROMPT, SEED, TINY_DATA, server_folders, wait_for_job,
+                               write_images)
 
 pytestmark = pytest.mark.webui
 
-API = "/copylora/v1"
 SUBFOLDER = "copylora-webui-tests"
-PROMPT = "a shirt on a table"
-SEED = 4242
-TINY_DATA = {"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128}
-
-
-def _write_images(folder: Path, colour: tuple[int, int, int], count: int, seed: int) -> None:
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        noise = rng.integers(-30, 30, size=(64, 64, 3))
-        pixels = np.clip(np.array(colour)[None, None, :] + noise, 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{i}.png")
 
 
 @pytest.fixture(scope="module")
 def folders(webui):
     """Our datasets (written into the server's --copylora-dir) and the Lora folder; results are removed after."""
-    flags = webui.get("/sdapi/v1/cmd-flags")
-    root = Path(flags.get("copylora_dir") or Path(flags["data_dir"]) / "copylora")
-    datasets = root / "datasets"
-    _write_images(datasets / "tiny_a" / "2_plain", (200, 40, 40), 2, seed=1)
-    _write_images(datasets / "tiny_b" / "2_text", (40, 40, 200), 2, seed=2)
+    datasets, lora_dir = server_folders(webui)
+    write_images(datasets / "tiny_a" / "2_plain", (200, 40, 40), 2, seed=1)
+    write_images(datasets / "tiny_b" / "2_text", (40, 40, 200), 2, seed=2)
     (datasets / "tiny_a" / "2_plain" / "img0.txt").write_text("a plain shirt", encoding="utf-8")
-    lora_dir = Path(flags["lora_dir"])
     yield {"datasets": datasets, "loras": lora_dir}
     shutil.rmtree(lora_dir / SUBFOLDER, ignore_errors=True)
     webui.post("/sdapi/v1/refresh-loras", {})
@@ -57,22 +40,6 @@ def _request(name: str, **extra) -> dict:
     for key, value in extra.items():
         body[key] = {**body[key], **value} if isinstance(body.get(key), dict) else value
     return body
-
-
-FINISHED = ("done", "stopped", "failed", "cancelled")
-
-
-def _wait(webui, job_id: str, until=lambda s: s["state"] in FINISHED, timeout=600.0) -> dict:
-    """Poll the job until `until` holds; a job that ends without it fails the test at once."""
-    end = time.time() + timeout
-    while time.time() < end:
-        status = webui.get(f"{API}/jobs/{job_id}")
-        if until(status):
-            return status
-        if status["state"] in FINISHED:
-            raise AssertionError(f"job {job_id} ended before that: {status}")
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not get there in {timeout} s: {status}")
 
 
 def _model_hash(webui) -> str:
@@ -90,7 +57,7 @@ def test_a_run_trains_saves_a_loadable_lora_and_leaves_the_model_as_it_was(webui
     before_hash = _model_hash(webui)
     [job_id] = webui.post(f"{API}/train", _request(
         "cl-single", sample={"prompts": [PROMPT], "steps": 2, "every_n_steps": 2}))["job_ids"]
-    status = _wait(webui, job_id)
+    status = wait_for_job(webui, job_id)
     assert status["state"] == "done", status
     assert (status["phase"], status["step"], status["total_steps"], len(status["losses"])) == ("single", 3, 3, 3)
     assert status["result"] == f"{SUBFOLDER}/cl-single.safetensors"
@@ -112,7 +79,7 @@ def test_merged_lora_weights_are_cleared_before_training(webui, folders, fixture
     webui.txt2img(f"{PROMPT} <lora:{fixture_loras['lora']}:1>", SEED)  # merges the LoRA into the weights
     assert _model_hash(webui) != own_hash
     [job_id] = webui.post(f"{API}/train", _request("cl-cleared", loop={"max_steps": 1}))["job_ids"]
-    assert _wait(webui, job_id)["state"] == "done"
+    assert wait_for_job(webui, job_id)["state"] == "done"
     assert _model_hash(webui) == own_hash
     assert np.array_equal(webui.txt2img(PROMPT, SEED).image, plain)
 
@@ -121,12 +88,12 @@ def test_stop_and_save_in_the_copier_route(webui, folders):
     before_hash = _own_weights_hash(webui)
     [job_id] = webui.post(f"{API}/train", _request("cl-copier", route="copier", dataset_b="tiny_b",
                                                    loop={"max_steps": 400}))["job_ids"]
-    running = _wait(webui, job_id, until=lambda s: s["phase"] == "A" and s["step"] >= 2)
+    running = wait_for_job(webui, job_id, until=lambda s: s["phase"] == "A" and s["step"] >= 2)
     progress = webui.get("/sdapi/v1/progress?skip_current_image=true")
     assert progress["state"]["job"] == "copylora-train" and progress["state"]["job_count"] == 400
     assert running["state"] == "running"
     webui.post(f"{API}/jobs/{job_id}/stop", {"save": True})
-    status = _wait(webui, job_id)
+    status = wait_for_job(webui, job_id)
     assert status["state"] == "stopped" and status["result"] is None
     saved = [name for name in status["written"] if "-step" in name]
     assert saved and all((folders["loras"] / name).is_file() for name in saved)
@@ -138,17 +105,17 @@ def test_interrupt_stops_the_run_and_the_rest_of_its_sweep(webui, folders):
     ids = webui.post(f"{API}/train", _request("cl-sweep", network={"rank": "2,4"},
                                               loop={"max_steps": 400}))["job_ids"]
     assert [webui.get(f"{API}/jobs/{i}")["name"] for i in ids] == ["cl-sweep-r2", "cl-sweep-r4"]
-    _wait(webui, ids[0], until=lambda s: s["step"] >= 1)
+    wait_for_job(webui, ids[0], until=lambda s: s["step"] >= 1)
     webui.post("/sdapi/v1/interrupt", {})
-    assert _wait(webui, ids[0])["state"] == "stopped"
-    assert _wait(webui, ids[1])["state"] == "cancelled"
+    assert wait_for_job(webui, ids[0])["state"] == "stopped"
+    assert wait_for_job(webui, ids[1])["state"] == "cancelled"
     assert _model_hash(webui) == before_hash
 
 
 def test_a_sweep_runs_one_after_another(webui, folders):
     ids = webui.post(f"{API}/train", _request("cl-lr", optim={"learning_rate": "1e-3,2e-3"},
                                               loop={"max_steps": 1}))["job_ids"]
-    finished = [_wait(webui, i) for i in ids]
+    finished = [wait_for_job(webui, i) for i in ids]
     assert [s["state"] for s in finished] == ["done", "done"]
     assert finished[0]["finished_at"] <= finished[1]["started_at"]
     assert {s["tag"] for s in finished} == {"<lora:cl-lr-lr1e-3:1>", "<lora:cl-lr-lr2e-3:1>"}

@@ -1,0 +1,103 @@
+"""What the training tests of the tier share: image sets on disk, job polling, switching the loaded checkpoint,
+and one short run checked end to end (finished, finite losses, model bit-identical, the LoRA acts)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+from safetensors import safe_open
+
+API = "/copylora/v1"
+FINISHED = ("done", "stopped", "failed", "cancelled")
+TINY_DATA = {"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128}
+PROMPT = "a shirt on a table"
+SEED = 4242
+
+
+def write_images(folder: Path, colour: tuple[int, int, int], count: int, seed: int) -> None:
+    """`count` 64×64 images of one colour with seeded noise: a dataset the trainer can over-fit in a few steps."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        noise = rng.integers(-30, 30, size=(64, 64, 3))
+        pixels = np.clip(np.array(colour)[None, None, :] + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i}.png")
+
+
+def server_folders(webui) -> tuple[Path, Path]:
+    """(CopyLoRA's datasets folder, the Lora folder) of the running server."""
+    flags = webui.get("/sdapi/v1/cmd-flags")
+    root = Path(flags.get("copylora_dir") or Path(flags["data_dir"]) / "copylora")
+    return root / "datasets", Path(flags["lora_dir"])
+
+
+def wait_for_job(webui, job_id: str, until=lambda s: s["state"] in FINISHED, timeout: float = 900.0) -> dict:
+    """Poll the job until `until` holds; a job that ends without it fails the test at once."""
+    end = time.time() + timeout
+    status: dict = {}
+    while time.time() < end:
+        status = webui.get(f"{API}/jobs/{job_id}")
+        if until(status):
+            return status
+        if status["state"] in FINISHED:
+            raise AssertionError(f"job {job_id} ended before that: {status}")
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not get there in {timeout} s: {status}")
+
+
+def switch_checkpoint(webui, title: str) -> None:
+    """Load a checkpoint the way the UI's dropdown does; the API answers once the model is loaded."""
+    webui.post("/sdapi/v1/options", {"sd_model_checkpoint": title})
+    assert webui.loaded_checkpoint()["title"].startswith(title)  # the WebUI adds " [hash]" once it hashed it
+
+
+@contextlib.contextmanager
+def on_checkpoint(webui, title: str, dataset: str, colour: tuple[int, int, int], subfolder: str,
+                  options: Optional[dict] = None) -> Iterator[Path]:
+    """The server runs `title` (with `options` set) and has a tiny image set `dataset`; everything comes back
+    after: options first (the server keeps them in its data folder), then the previous checkpoint. Yields the
+    Lora folder."""
+    datasets, lora_dir = server_folders(webui)
+    write_images(datasets / dataset / f"2_{dataset}", colour, 2, seed=sum(colour))
+    current = webui.get("/sdapi/v1/options")
+    previous, kept = current["sd_model_checkpoint"], {key: current[key] for key in (options or {})}
+    if options:
+        webui.post("/sdapi/v1/options", options)
+    try:
+        switch_checkpoint(webui, title)
+        yield lora_dir
+    finally:
+        if kept:
+            webui.post("/sdapi/v1/options", kept)
+        switch_checkpoint(webui, previous)
+        shutil.rmtree(lora_dir / subfolder, ignore_errors=True)
+        shutil.rmtree(datasets / dataset, ignore_errors=True)
+        webui.post("/sdapi/v1/refresh-loras", {})
+
+
+def train_and_apply(webui, lora_dir: Path, body: dict, steps: int) -> tuple[dict, list[str]]:
+    """One short run through the API, checked end to end; returns the saved file's metadata and keys."""
+    name = body["name"]
+    before_image = webui.txt2img(PROMPT, SEED).image
+    before_hash = webui.get(f"{API}/model-hash")["sha256"]
+    [job_id] = webui.post(f"{API}/train", body)["job_ids"]
+    status = wait_for_job(webui, job_id)
+    assert status["state"] == "done", status
+    assert (status["step"], status["total_steps"], len(status["losses"])) == (steps, steps, steps)
+    assert all(np.isfinite(status["losses"]))
+    saved = lora_dir / status["result"]
+    assert saved.is_file()
+    with safe_open(str(saved), "pt") as handle:
+        metadata, keys = handle.metadata(), list(handle.keys())
+    assert webui.get(f"{API}/model-hash")["sha256"] == before_hash
+    with_lora = webui.txt2img(f"{PROMPT} <lora:{name}:1>", SEED)
+    assert name in with_lora.infotext
+    assert np.abs(with_lora.image.astype(float) - before_image).mean() > 0.5  # its keys matched the model
+    return metadata, keys
