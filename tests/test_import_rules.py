@@ -20,7 +20,7 @@ def _imported_roots(path: Path) -> set[str]:
     return roots
 
 
-@pytest.mark.parametrize("package", ["core", "train", "hosts"])
+@pytest.mark.parametrize("package", ["core", "train", "hosts", "service"])
 def test_host_agnostic_packages_never_import_webui_or_gradio(package):
     files = sorted((ROOT / package).rglob("*.py"))
     assert files, f"lib_copylora/{package} has no Python files"

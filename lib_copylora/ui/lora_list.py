@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..webui import compat
-from ..webui.safe_paths import LORA_SUFFIXES
+from ..service.safe_paths import LORA_SUFFIXES
 
 SUFFIX = LORA_SUFFIXES[0]
 

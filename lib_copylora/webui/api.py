@@ -14,9 +14,9 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, create_model
 
 from ..core.errors import CopyLoraError
-from .jobs import JobStatus, UnknownJob
-from .merge_run import MergeRequest
-from .train_request import SECTIONS, TrainRequest, request_from_dict
+from ..service.jobs import JobStatus, UnknownJob
+from ..service.merge_run import MergeRequest
+from ..service.train_request import SECTIONS, TrainRequest, request_from_dict
 
 PREFIX = "/copylora/v1"
 

@@ -14,10 +14,10 @@ from ..core.presets import delete_preset, load_presets, save_preset
 from ..train.data_config import DatasetConfig
 from ..train.dataset import DatasetSummary, scan_dataset
 from .folders import webui_folders
-from .jobs import JobQueue, JobState, JobStatus
-from .merge_run import MergeRequest, MergeResult, run_merge
-from .safe_paths import resolve_inside
-from .train_request import Folders, build_section
+from ..service.jobs import JobQueue, JobState, JobStatus
+from ..service.merge_run import MergeRequest, MergeResult, run_merge
+from ..service.safe_paths import resolve_inside
+from ..service.train_request import Folders, build_section
 from .training_run import WebUIRunner
 
 
