@@ -32,3 +32,18 @@ def test_the_rule_catches_an_offender(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from modules import shared\n    import gradio as gr\n")
     assert _imported_roots(bad) & FORBIDDEN == {"modules", "gradio"}
+
+
+def test_the_tab_reaches_the_host_only_through_the_service():
+    """ui/ may ask compat about gradio, but the WebUI itself (its Lora list, its model, its lock) is behind the
+    service's host object, so the tab and the API behave the same."""
+    offenders = {}
+    for path in sorted((ROOT / "ui").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 2 and (node.module or "").startswith("webui"):
+                if node.module != "webui.compat":
+                    offenders[path.name] = node.module
+        if "modules" in _imported_roots(path):
+            offenders[path.name] = "modules"
+    assert offenders == {}

@@ -108,9 +108,7 @@ class MergePanel:
 
     def _refresher(self, dropdowns: list) -> Callable:
         def refresh() -> list:
-            from .lora_list import refresh_builtin_list
-
-            refresh_builtin_list()
+            self.service.refresh_loras()
             choices = self.lora_choices()
             return [gr.update(choices=choices) for _ in dropdowns]
         return refresh
