@@ -116,3 +116,17 @@ def test_presets_live_in_the_hosts_file(host):
     assert service.save_preset("MINE", values)["MINE"] == tuple(values)
     assert "MINE:" in (host.root / "presets.txt").read_text()
     assert "MINE" not in service.delete_preset("MINE")
+
+
+def test_an_unload_stops_and_saves_the_running_run_and_says_so(host, caplog):
+    (host.root / "datasets" / "a" / "1_a").mkdir(parents=True)
+    service = CopyLoraService(host)
+    ids = service.submit(sweep("u", "1,2"))
+    wait_for(lambda: host.runner_.order == ["u-seed1"])
+    with caplog.at_level("WARNING", logger="copylora"):
+        service.shutdown()
+    first, second = (service.jobs.status(i) for i in ids)
+    assert first.state is JobState.STOPPED and "save=True" in first.log
+    assert second.state is JobState.CANCELLED and host.runner_.order == ["u-seed1"]
+    assert any("stopping training run u-seed1 and saving" in r.message for r in caplog.records)
+    assert any("1 queued training run(s) cancelled" in r.message for r in caplog.records)

@@ -17,6 +17,7 @@ from ..core.errors import CopyLoraError
 from ..service.jobs import JobStatus, UnknownJob
 from ..service.merge_run import MergeRequest
 from ..service.train_request import SECTIONS, TrainRequest, request_from_dict
+from . import patching
 
 PREFIX = "/copylora/v1"
 
@@ -103,6 +104,7 @@ def _drop_old_routes(app: FastAPI) -> None:
 
 def register_routes(app: FastAPI, service) -> None:
     _drop_old_routes(app)
+    patching.add(("api routes", id(app)), app, _drop_old_routes, "API routes")
 
     def submit(body: TrainRequestModel) -> SubmitResponse:  # type: ignore[valid-type]
         values = {k: v for k, v in body.dict().items() if v is not None}

@@ -16,9 +16,11 @@ from typing import Mapping, Optional, Sequence
 from ..core.block_spec import BlockWeights, parse_block_spec
 from ..core.errors import SpecError
 from ..core.family import Family
+from . import patching
 
 SIGNATURE_ATTR = "copylora_block_signature"
 STALE = ("copylora: block weights changed",)
+OWNER = "block weights"
 
 
 @dataclass
@@ -39,15 +41,26 @@ def _scaled_multiplier(module, weight: float) -> float:
 
 
 def _set_module_weight(module, weight: float) -> None:
-    module.multiplier = functools.partial(_scaled_multiplier, module, weight)
+    patching.set_attribute(module, "multiplier", functools.partial(_scaled_multiplier, module, weight), OWNER)
+
+
+def _remerge_key(net) -> tuple:
+    return ("block weights re-merge", id(net))
+
+
+def _set_signature(net, signature: tuple) -> None:
+    """Mark the network as ours; undoing that (a script unload) makes the built-in cache re-merge its layers."""
+    patching.set_attribute(net, SIGNATURE_ATTR, signature, OWNER)
+    patching.add(_remerge_key(net), net, invalidate_merged_weights, OWNER)
 
 
 def clear_overrides(net) -> bool:
     """Remove our per-instance multipliers; True when there were any."""
     had = getattr(net, SIGNATURE_ATTR, None) is not None
     for module in net.modules.values():
-        module.__dict__.pop("multiplier", None)
-    setattr(net, SIGNATURE_ATTR, None)
+        patching.restore_attribute(module, "multiplier")
+    patching.forget(_remerge_key(net))
+    patching.restore_attribute(net, SIGNATURE_ATTR)
     return had
 
 
@@ -101,7 +114,7 @@ def apply_block_weights(loaded_networks, specs: Mapping[str, str], family: Famil
             changed = clear_overrides(net)
         else:
             changed = getattr(net, SIGNATURE_ATTR, None) != signature
-            setattr(net, SIGNATURE_ATTR, signature)
+            _set_signature(net, signature)
         if changed:
             invalidate_merged_weights(net)
     return report

@@ -26,9 +26,11 @@ from ..core.block_spec import BlockWeights, format_values
 from ..core.errors import SpecError
 from ..core.family import Family
 from ..core.naming import UNET_PREFIX
+from . import patching
 from .block_apply import BlockReport, resolve_spec
 
 STATE_ATTR = "copylora_forge_blocks"
+OWNER = "block weights (Forge)"
 UNET_KEY_PREFIX = "diffusion_model."
 PARAMETER_SUFFIXES = (".weight", ".bias")
 # Every text-encoder module is in BASE whatever its encoder, so one kohya prefix is enough to mark them.
@@ -235,7 +237,8 @@ def apply_forge_block_weights(sd_model, loaded_networks, specs: Mapping[str, str
     old_unet, old_clip = (state.scaled_unet, state.scaled_clip) if state is not None else (None, None)
     _install(sd_model, old_unet, old_clip, unet, clip)
     _install(sd_model, base_unet, base_clip, unet, clip)
-    setattr(sd_model, STATE_ATTR, ForgeBlockState(base_unet, base_clip, unet, clip, signature))
+    patching.set_attribute(sd_model, STATE_ATTR, ForgeBlockState(base_unet, base_clip, unet, clip, signature), OWNER)
+    patching.add(("forge patchers", id(sd_model)), sd_model, undo_forge_block_weights, OWNER)
     return report
 
 
@@ -246,4 +249,5 @@ def undo_forge_block_weights(sd_model) -> None:
     if state is None:
         return
     _install(sd_model, state.scaled_unet, state.scaled_clip, state.base_unet, state.base_clip)
-    delattr(sd_model, STATE_ATTR)
+    patching.forget(("forge patchers", id(sd_model)))
+    patching.restore_attribute(sd_model, STATE_ATTR)

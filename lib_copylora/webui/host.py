@@ -22,9 +22,11 @@ from ..core.family import Family
 from ..core.naming import kohya_name_from_webui_layer
 from ..train.host import Component, NoiseSchedule, Prediction, TargetModule
 from .compat import model_family
+from . import patching
 from .model_state import BlockForwards
 
 UNET_ROOT = "diffusion_model"
+CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"
 ATTENTION_BLOCKS = ("SpatialTransformer",)  # kohya's plain-LoRA targets live inside these
 CONV_BLOCKS = ("ResBlock", "Downsample", "Upsample")  # added by LoCon-style networks
 SIZE_KEYS = ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple", "aesthetic_score")
@@ -191,12 +193,11 @@ class WebUIHost:
 @contextmanager
 def clip_skip_option(opts, clip_skip: int) -> Iterator[None]:
     """The WebUI's text path reads clip skip from its settings: set it for one encode, then put it back."""
-    old = opts.data.get("CLIP_stop_at_last_layers", 1)
-    if old == clip_skip:
+    if opts.data.get(CLIP_SKIP_OPTION, 1) == clip_skip:
         yield
         return
-    opts.data["CLIP_stop_at_last_layers"] = clip_skip
+    patching.set_item(opts.data, CLIP_SKIP_OPTION, clip_skip, "clip skip for a training encode")
     try:
         yield
     finally:
-        opts.data["CLIP_stop_at_last_layers"] = old
+        patching.restore_item(opts.data, CLIP_SKIP_OPTION)

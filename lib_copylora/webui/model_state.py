@@ -15,6 +15,7 @@ from typing import Iterator, Optional
 import torch
 
 from ..train.errors import TrainingError
+from . import patching
 
 # Blocks of ldm/sgm UNets whose `forward` wraps `_forward` in the repositories' own gradient checkpointing. That
 # checkpoint (a custom autograd Function) only differentiates the block's own parameters, so LoRA modules hooked
@@ -98,12 +99,13 @@ class BlockForwards:
 
     def set(self, checkpointing: bool) -> None:
         for block in self.blocks:
-            block.forward = functools.partial(_checkpointed, block) if checkpointing else block._forward
+            forward = functools.partial(_checkpointed, block) if checkpointing else block._forward
+            patching.set_attribute(block, "forward", forward, "training forwards")
         self.checkpointing = checkpointing
 
     def restore(self) -> None:
         for block in self.blocks:
-            block.__dict__.pop("forward", None)
+            patching.restore_attribute(block, "forward")
         self.checkpointing = None
 
 
@@ -113,14 +115,25 @@ def prepared_model(sd_model, cmd_opts, networks, shared) -> Iterator[BlockForwar
     trainable forward; put the blocks and hypernetworks back afterwards, whatever happens."""
     refuse_unsupported(sd_model, cmd_opts)
     clear_builtin_lora(sd_model, networks)
-    hypernetworks = list(getattr(shared, "loaded_hypernetworks", []))
     forwards = BlockForwards(sd_model.model.diffusion_model)
     try:
-        if hasattr(shared, "loaded_hypernetworks"):
-            shared.loaded_hypernetworks.clear()  # they act inside attention and would train into the LoRA
+        _set_hypernetworks_aside(shared)  # they act inside attention and would train into the LoRA
         forwards.set(checkpointing=False)
         yield forwards
     finally:
         forwards.restore()
-        if hasattr(shared, "loaded_hypernetworks"):
-            shared.loaded_hypernetworks[:] = hypernetworks
+        patching.undo(HYPERNETWORKS_KEY)
+
+
+HYPERNETWORKS_KEY = ("hypernetworks set aside",)
+
+
+def _set_hypernetworks_aside(shared) -> None:
+    """Empty the WebUI's list of loaded hypernetworks in place (others hold the same list object)."""
+    loaded = getattr(shared, "loaded_hypernetworks", None)
+    if loaded is None:
+        return
+    saved = list(loaded)
+    patching.add(HYPERNETWORKS_KEY, loaded, lambda hypernetworks: hypernetworks.__setitem__(slice(None), saved),
+                 "training without hypernetworks")
+    loaded.clear()

@@ -13,8 +13,8 @@ from typing import Optional
 from ..core import lora_tags
 from ..core.presets import load_presets
 from . import compat
-from .block_apply import BlockReport, apply_block_weights, undo_all
-from .forge_blocks import apply_forge_block_weights, undo_forge_block_weights
+from .block_apply import BlockReport, apply_block_weights
+from .forge_blocks import apply_forge_block_weights
 from .paths import preset_path
 
 log = logging.getLogger("copylora")
@@ -126,14 +126,3 @@ class BlockWeightHook:
                 "same LoRA twice. Disable one of them in Extensions."
             )
 
-
-def undo_block_weights() -> None:
-    """Script unload / UI reload: take back every per-block change, on A1111 (module multipliers) or Forge
-    (scaled patchers), so the built-in Lora behaves as if we were never here."""
-    from modules import shared
-
-    if compat.is_forge():
-        undo_forge_block_weights(shared.sd_model)
-    networks = compat.builtin_lora()
-    if networks is not None:
-        undo_all(networks)

@@ -15,12 +15,14 @@ from ..core.block_spec import format_values, sweep_specs
 from ..core.blocks import BLOCK_FORMATS
 from ..core.family import Family
 from ..core.presets import presets_for
+from . import patching
 from .paths import webui_presets
 
 STRENGTH = "CopyLoRA: strength"
 PRESET = "CopyLoRA: block preset"
 SWEEP = "CopyLoRA: block sweep"
 SWEEP_MODES = ("only", "without")
+AXES_KEY = ("X/Y/Z axes",)
 
 
 def _edit_prompts(p, edit: Callable[[str, Optional[str]], str], value: str) -> None:
@@ -126,11 +128,14 @@ def register_axes() -> bool:
         xyz.AxisOption(SWEEP, str, apply_sweep, format_value=format_plain, choices=sweep_choices, prepare=split_csv),
     ]
     xyz.axis_options.extend(opt for opt in wanted if opt.label not in existing)
+    patching.add(AXES_KEY, xyz, _remove_axes, "X/Y/Z axes")
     return True
 
 
+def _remove_axes(xyz) -> None:
+    xyz.axis_options[:] = [o for o in xyz.axis_options if o.label not in (STRENGTH, PRESET, SWEEP)]
+
+
 def unregister_axes() -> None:
-    xyz = find_xyz_module()
-    if xyz is not None:
-        xyz.axis_options[:] = [o for o in xyz.axis_options if o.label not in (STRENGTH, PRESET, SWEEP)]
+    patching.undo(AXES_KEY)
 
