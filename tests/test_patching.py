@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from lib_copylora.core.family import Family
 from lib_copylora.core.presets import default_presets
-from lib_copylora.webui import api, patching, xyz_axes
+from lib_copylora.webui import api, compat, patching, xyz_axes
 from lib_copylora.webui.block_apply import STALE, apply_block_weights
 from lib_copylora.webui.forge_blocks import STATE_ATTR
 from lib_copylora.webui.host import CLIP_SKIP_OPTION, clip_skip_option
@@ -100,7 +100,7 @@ def test_everything_we_patch_is_restored_by_undo_all(monkeypatch):
     assert settings.data[CLIP_SKIP_OPTION] == 2 and shared.loaded_hypernetworks == []
     # X/Y/Z axes and API routes
     xyz = fake_xyz()
-    monkeypatch.setattr(xyz_axes, "find_xyz_module", lambda: xyz)
+    monkeypatch.setattr(compat, "xyz_module", lambda: xyz)
     assert xyz_axes.register_axes()
     app = FastAPI()
     routes_before = len(app.router.routes)
@@ -131,7 +131,7 @@ def test_everything_we_patch_is_restored_by_undo_all(monkeypatch):
 
 def test_registering_twice_keeps_one_set_of_axes(monkeypatch):
     xyz = fake_xyz()
-    monkeypatch.setattr(xyz_axes, "find_xyz_module", lambda: xyz)
+    monkeypatch.setattr(compat, "xyz_module", lambda: xyz)
     xyz_axes.register_axes()
     xyz_axes.register_axes()  # the WebUI re-imports our script on a reload
     assert len(xyz.axis_options) == 4

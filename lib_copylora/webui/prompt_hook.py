@@ -86,7 +86,10 @@ class BlockWeightHook:
         networks = compat.builtin_lora()
         if networks is None:
             return
-        family = compat.model_family(shared.sd_model)
+        try:
+            family = compat.model_family(shared.sd_model)
+        except compat.UnsupportedModel:
+            family = None  # each LoRA given block weights says so in one line (block_apply.decide)
         try:
             presets = self.presets.get()
         except Exception as exc:  # a broken preset file must not stop generation
@@ -94,8 +97,7 @@ class BlockWeightHook:
             presets = {}
         if compat.is_forge():  # Forge keeps patches, not modules: scale their strengths there
             report = apply_forge_block_weights(shared.sd_model, networks.loaded_networks,
-                                               specs_from(extra_network_data), compat.forge_family(shared.sd_model),
-                                               presets)
+                                               specs_from(extra_network_data), family, presets)
         else:
             report = apply_block_weights(networks.loaded_networks, specs_from(extra_network_data), family, presets)
         self._report(p, report.problems)

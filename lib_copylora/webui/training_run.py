@@ -60,6 +60,7 @@ class WebUIRunner:
         from modules import shared
 
         request = with_setting_defaults(request)
+        compat.model_family(shared.sd_model)  # an SD3 or Flux checkpoint: refused at submit, in one line
         dtype = next(shared.sd_model.model.diffusion_model.parameters()).dtype
         config = to_train_config(request, self.folders(), dtype)
         if config.output.path().exists() and not config.output.overwrite and not config.output.resume:
