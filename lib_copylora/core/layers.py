@@ -73,7 +73,8 @@ class LowRankLayer:
         return len(self.shape) == 4
 
     def delta(self) -> Tensor:
-        return _functional("locon").diff_weight(_f32(self.down), _f32(self.up), _f32(self.mid), gamma=self.scale, backend="torch")
+        return _functional("locon").diff_weight(_f32(self.down), _f32(self.up), _f32(self.mid), gamma=self.scale,
+                                                backend="torch")
 
     def factors(self) -> tuple[Tensor, Tensor]:
         """ΔW as `U @ D` in float32: U (out, r) with the scale folded in, D (r, in·kh·kw). Tucker mid is folded
