@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, NamedTuple, Union
 
 import torch
 import safetensors.torch
@@ -95,8 +95,20 @@ def _check_entry(name: str, entry, payload: int, path: PathLike) -> None:
         raise _fail(path, f"tensor {name!r}: data offsets {offsets} do not match shape {shape}")
 
 
+class SafetensorsFile(NamedTuple):
+    tensors: dict[str, Tensor]
+    metadata: dict[str, str]
+    sha256: str  # of the whole file, as the WebUI shows it (not kohya's payload-only `sshs_model_hash`)
+
+
 def read_safetensors(path: PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
     """All tensors (on the CPU, in their stored dtypes) and the metadata of a .safetensors file."""
+    tensors, metadata, _ = read_safetensors_file(path)
+    return tensors, metadata
+
+
+def read_safetensors_file(path: PathLike) -> SafetensorsFile:
+    """`read_safetensors` plus the file's sha256, hashed from the bytes already read (no second read)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -108,7 +120,7 @@ def read_safetensors(path: PathLike) -> tuple[dict[str, Tensor], dict[str, str]]
     except Exception as exc:  # SafetensorError lives in a Rust extension; anything it raises means corrupt
         first_line = (str(exc).splitlines() or [exc.__class__.__name__])[0]
         raise _fail(path, f"not a readable safetensors file ({first_line})") from None
-    return tensors, dict(metadata)
+    return SafetensorsFile(tensors, dict(metadata), hashlib.sha256(data).hexdigest())
 
 
 def read_safetensors_metadata(path: PathLike) -> dict[str, str]:
