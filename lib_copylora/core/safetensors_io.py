@@ -13,14 +13,14 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, NamedTuple, Union
 
 import torch
 import safetensors.torch
 
-from .errors import FormatError, OutputExists
+from .atomic import write_atomic
+from .errors import FormatError
 
 Tensor = torch.Tensor
 PathLike = Union[str, os.PathLike]
@@ -174,47 +174,9 @@ def serialize_safetensors(tensors: Mapping[str, Tensor], metadata: Mapping[str, 
 
 
 def write_bytes_atomic(path: PathLike, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder, so readers never see half a file.
-
-    Without `overwrite`, an existing `path` raises OutputExists (also when it appears while we write). The
-    temporary file is removed whatever happens."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExists(f"{path} exists; choose another name or ask to overwrite")
-    if not path.parent.is_dir():
-        raise FormatError(f"cannot write {path.name}: folder {path.parent} does not exist")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise FormatError(f"cannot write {path.name}: {exc.strerror or exc}") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _publish_without_overwrite(tmp, path)
-    except OSError as exc:
-        raise FormatError(f"cannot write {path.name}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _publish_without_overwrite(tmp: Path, path: Path) -> None:
-    # A hard link fails when the name exists, closing the window between our check and the rename. Some file
-    # systems cannot link; there the check just above the write is all we have.
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise OutputExists(f"{path} appeared while writing; nothing was overwritten") from None
-    except OSError:
-        if path.exists():
-            raise OutputExists(f"{path} appeared while writing; nothing was overwritten") from None
-        os.replace(tmp, path)
+    """Write `data` to `path` atomically (core/atomic.py: temporary file, fsync, rename; never over an existing
+    file unless asked)."""
+    return write_atomic(path, lambda handle: handle.write(data), overwrite=overwrite)
 
 
 def write_safetensors(path: PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None,
