@@ -1,4 +1,4 @@
-"""Block-weight formats (DESIGN §4) and the block each LoRA module belongs to.
+"""Block-weight formats (docs/architecture.md §6) and the block each LoRA module belongs to.
 
 Blocks follow the compvis UNet: INnn = `input_blocks.nn`, MID = `middle_block`, OUTnn = `output_blocks.nn`, and
 BASE = every text-encoder module (`naming.component_of`). Diffusers names map there by naming's own index rule

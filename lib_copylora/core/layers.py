@@ -1,7 +1,7 @@
 """Per-module layer records: the tensors of one LoRA module and the ΔW they stand for.
 
-Convention (DESIGN §2): ΔW = (alpha / rank) · up @ down, in the target weight's shape. Conv k×k layers use the
-flattened `out × (in·k·k)` form; a Tucker `mid` is folded with lycoris-lora's own functions. The LyCORIS kinds
+Convention (docs/architecture.md §4): ΔW = (alpha / rank) · up @ down, in the target weight's shape. Conv k×k layers
+use the flattened `out × (in·k·k)` form; a Tucker `mid` is folded with lycoris-lora's own functions. The LyCORIS kinds
 (LoHa, LoKr) delegate their math to `lycoris.functional` so that our ΔW is theirs, not a rewrite.
 """
 

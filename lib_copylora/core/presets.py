@@ -66,7 +66,7 @@ def parse_preset_text(text: str, origin: str) -> dict[str, tuple[float, ...]]:
 
 
 def default_presets() -> dict[str, tuple[float, ...]]:
-    """The presets CopyLoRA ships (DESIGN §4)."""
+    """The presets CopyLoRA ships (docs/architecture.md §6)."""
     return parse_preset_text(_DEFAULTS_FILE.read_text(encoding="utf-8"), _DEFAULTS_FILE.name)
 
 

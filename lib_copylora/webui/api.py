@@ -1,4 +1,4 @@
-"""CopyLoRA's HTTP API under /copylora/v1 (registered from on_app_started; see docs/tab-api.md).
+"""CopyLoRA's HTTP API under /copylora/v1 (registered from on_app_started; see README.md, "The API").
 
 Bad requests and names that would leave the configured folders answer 400 with a one-line `detail`; unknown job
 ids 404. Request models are generated from the dataclasses the engine validates, so the two cannot drift apart.
