@@ -105,9 +105,11 @@ def _parse_blocks(specs: Optional[Sequence[str]], presets_path: Optional[str], l
     if specs is None or all(text == NO_BLOCKS for text in specs):
         return None
     from ..core.block_spec import parse_block_spec
-    from ..core.presets import load_presets
+    from ..core.presets import read_presets
 
-    presets = load_presets(presets_path)
+    presets, problems = read_presets(presets_path)
+    for problem in problems:
+        print(f"warning: {problem}")
     return tuple(None if text == NO_BLOCKS else parse_block_spec(text, lora.family, presets)
                  for text, lora in zip(specs, loras))
 
