@@ -62,10 +62,14 @@ def run(args: argparse.Namespace) -> int:
     from ..core.errors import FormatError, MergeError, OutputExists
     from ..core.formats import read_lora, write_lora
     from ..core.merge import MergeSpec, MergeWarning, merge_loras
+    from ..core.output_names import output_name_problem
 
     started = time.perf_counter()
     save_to = Path(args.save_to)
-    if save_to.exists() and not args.overwrite:
+    problem = output_name_problem(save_to.name)
+    if problem:
+        raise MergeError(f"--save_to: {problem}")
+    if _exists(save_to, "--save_to") and not args.overwrite:
         raise OutputExists(f"{save_to} exists: pass --overwrite to replace it")
     if len(args.ratios) != len(args.models):
         raise MergeError(f"{len(args.models)} models but {len(args.ratios)} ratios: give one ratio per model")
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.precision != "float":
         print(f"note: --precision {args.precision} ignored: merges are computed in float32")
     for model in args.models:
-        if not Path(model).is_file():
+        if not _exists(Path(model), "--models") or not Path(model).is_file():
             raise FormatError(f"{model}: no such file")
     loras = [read_lora(model) for model in args.models]
     spec = dataclasses.replace(spec, blocks=_parse_blocks(args.blocks, args.presets, loras))
@@ -99,6 +103,17 @@ def run(args: argparse.Namespace) -> int:
           f"{finished - started:.2f} s (read {read_done - started:.2f} s, merge {merge_done - read_done:.2f} s, "
           f"write {finished - merge_done:.2f} s)")
     return 0
+
+
+def _exists(path: Path, flag: str) -> bool:
+    """`path.exists()`, with a name the file system refuses (too long, a NUL) as our error rather than OSError."""
+    from ..core.errors import FormatError
+
+    try:
+        return path.exists()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise FormatError(f"{flag} {str(path)[:80]}{'...' if len(str(path)) > 80 else ''}: {reason}") from None
 
 
 def _parse_blocks(specs: Optional[Sequence[str]], presets_path: Optional[str], loras) -> Optional[tuple]:
