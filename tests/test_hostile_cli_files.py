@@ -225,3 +225,15 @@ def test_a_model_folder_with_broken_files_is_refused(workspace, tmp_path, capsys
     assert_refused(tmp_path, argv, capsys, f"unet/{unet.name}", "truncated")
     (folder / "model_index.json").write_text("{not json")
     assert_refused(tmp_path, argv, capsys, "model_index.json cannot be read as JSON")
+
+
+def test_an_unreadable_regularisation_image_refuses_the_set_too(workspace, tmp_path, capsys):
+    root, data = workspace
+    dataset = _set_with(tmp_path, data)
+    reg = tmp_path / "reg" / "1_person"
+    reg.mkdir(parents=True)
+    (reg / "fine.png").write_bytes(PNG)
+    _make_bad_image(reg, "truncated.jpg")
+    argv = ["train", "--model", root / "model", "--output", tmp_path / "out", "--data", dataset, "--reg_data_dir",
+            reg.parent, *SMALL_RUN]
+    assert_refused(tmp_path, argv, capsys, "1_person/truncated.jpg (truncated or corrupt", "skip_unreadable_images")

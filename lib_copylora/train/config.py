@@ -159,7 +159,7 @@ class OptimConfig:
         _positive("learning_rate", self.learning_rate, upper=MAX_LEARNING_RATE)
         if self.text_encoder_lr is not None:
             _positive("text_encoder_lr", self.text_encoder_lr, upper=MAX_LEARNING_RATE)
-        _positive("weight_decay", self.weight_decay, allow_zero=True)
+        _positive("weight_decay", self.weight_decay, allow_zero=True, upper=10.0)
         _positive("eps", self.eps, upper=1.0)
         _whole(self, "warmup_steps", allow_zero=True)
         if self.warmup_steps and self.scheduler is SchedulerKind.CONSTANT:
