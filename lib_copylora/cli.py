@@ -7,9 +7,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 COMMANDS = ("merge", "inspect", "presets", "train", "demo")
+# argparse reads `-1` and `-0.5` as values but `-1e-1` or `-inf` as unknown options; every number is a value here
+# (no option of ours looks like one), so `--ratios 1 -1e-1` works.
+_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with negative numbers in any float spelling taken as values (sub-command parsers inherit it)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NUMBER
 
 
 def _quiet_threads() -> None:
@@ -18,7 +30,7 @@ def _quiet_threads() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m lib_copylora",
         description="CopyLoRA: copy-machine LoRA training, exact difference merging and block weights.",
     )
@@ -34,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse(message: str) -> int:
+    """Our errors are one line; a message that quotes a library's several lines is folded into one."""
+    print("error: " + "; ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_threads()
     from .core.errors import CopyLoraError
@@ -42,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CopyLoraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(str(exc))
+    except OSError as exc:
+        if exc.filename is None:  # not about a file the user named or we write: a bug, keep its traceback
+            raise
+        return _refuse(f"cannot use {exc.filename}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

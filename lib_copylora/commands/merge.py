@@ -54,12 +54,16 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.errors import FormatError, OutputExists
+    from ..core.errors import FormatError, MergeError, OutputExists
     from ..core.merge import MergeSpec
+    from ..core.output_names import output_name_problem
     from ..service.merge_run import MergeJob, check_inputs, run_merge_job
 
     save_to = Path(args.save_to)
-    if save_to.exists() and not args.overwrite:
+    problem = output_name_problem(save_to.name)
+    if problem:
+        raise MergeError(f"--save_to: {problem}")
+    if _exists(save_to, "--save_to") and not args.overwrite:
         raise OutputExists(f"{save_to} exists: pass --overwrite to replace it")
     check_inputs(len(args.models), len(args.ratios), None if args.blocks is None else len(args.blocks))
     # Build the spec before reading anything so bad ranks or ratio counts fail at once.
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.precision != "float":
         print(f"note: --precision {args.precision} ignored: merges are computed in float32")
     for model in args.models:
-        if not Path(model).is_file():
+        if not _exists(Path(model), "--models") or not Path(model).is_file():
             raise FormatError(f"{model}: no such file")
     job = MergeJob(tuple(Path(m) for m in args.models), spec, save_to, args.save_precision, args.overwrite,
                    None if args.blocks is None else tuple(args.blocks), _presets(args))
@@ -84,13 +88,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exists(path: Path, flag: str) -> bool:
+    """`path.exists()`, with a name the file system refuses (too long, a NUL) as our error rather than OSError."""
+    from ..core.errors import FormatError
+
+    try:
+        return path.exists()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise FormatError(f"{flag} {str(path)[:80]}{'...' if len(str(path)) > 80 else ''}: {reason}") from None
+
+
 def _presets(args: argparse.Namespace) -> dict:
-    """The preset file, read only when a block spec may name a preset."""
+    """The preset file, read only when a block spec may name a preset; its unreadable lines become warnings."""
     if args.blocks is None or all(text.strip() == NO_BLOCKS for text in args.blocks):
         return {}
-    from ..core.presets import load_presets
+    from ..core.presets import read_presets
 
-    return load_presets(args.presets)
+    presets, problems = read_presets(args.presets)
+    for problem in problems:
+        print(f"warning: {problem}")
+    return presets
 
 
 def _summary(loras, merged, spec, args) -> str:

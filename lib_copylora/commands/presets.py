@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..core.block_spec import families_for_count, format_values
 from ..core.family import Family
-from ..core.presets import default_presets, load_presets, presets_for, user_preset_path
+from ..core.presets import default_presets, presets_for, read_presets, user_preset_path
 
 
 def add_parser(subparsers) -> None:
@@ -31,11 +32,16 @@ def _fits(count: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     path = args.file if args.file is not None else user_preset_path()
-    presets = load_presets(path)
+    presets, problems = read_presets(path)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
     if args.family:
         presets = presets_for(Family(args.family), presets)
     defaults = default_presets()
-    status = "" if path.is_file() else " (not found; defaults only)"
+    if any(problem.line == 0 for problem in problems):
+        status = " (unreadable; defaults only)"
+    else:
+        status = "" if path.is_file() else " (not found; defaults only)"
     print(f"# user presets: {path}{status}")
     width = max((len(name) for name in presets), default=4)
     for name, values in presets.items():

@@ -138,11 +138,19 @@ def run(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
     from ..hosts.data_parallel import CommandHost, DataParallel, ShardedSource
     from ..train.callbacks import TrainControl
+    from ..core.errors import OutputExists
     from ..train.dataset import ImageDataset
-    from ..train.routes import train
+    from ..train.routes import existing_outputs, train
     from .train_report import Reporter
 
     config = build_train_config(args)
+    if config.output.output_dir.exists() and not config.output.output_dir.is_dir():
+        raise OutputExists(f"--output {config.output.output_dir} is a file; name a folder")
+    existing = existing_outputs(config)
+    if existing:  # before the model loads: refusing takes a second, not a minute
+        raise OutputExists(f"{existing[0]} exists: pass --overwrite to replace it, or choose another --output_name")
+    # every image is read (and an unreadable one refused) before the model loads and long before step 1
+    datasets = [ImageDataset(d) for d in (config.dataset_a, config.dataset_b) if d is not None]
     host = load_host(args, config.loop.precision)
     parallel = DataParallel(host.device)
     scratch = None
@@ -152,7 +160,6 @@ def run(args) -> int:
     say = print if parallel.is_main else (lambda *_: None)
     reporter = Reporter(say, config, args.log_every)
     reporter.model(host, parallel)
-    datasets = [ImageDataset(d) for d in (config.dataset_a, config.dataset_b) if d is not None]
     for label, dataset in zip(("A", "B") if len(datasets) == 2 else ("images",), datasets):
         reporter.dataset(label, dataset, parallel.world_size)
         started = time.perf_counter()

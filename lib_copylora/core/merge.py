@@ -22,6 +22,7 @@ from .errors import FamilyMismatch, MergeError
 from .layers import Layer
 from .lorafile import LoraFile
 from .metadata import standard_metadata, with_recipe
+from .output_names import output_name_problem
 from .naming import Component, component_of
 from .rerank import RankPolicy, rerank_terms
 
@@ -83,6 +84,9 @@ class MergeSpec:
         self.policy  # validates the ranks and the energy
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise MergeError(f"device must be cpu or cuda, got {self.device!r}")
+        problem = output_name_problem(self.output_name)
+        if problem:
+            raise MergeError(f"output name: {problem}")
 
     @property
     def policy(self) -> RankPolicy:

@@ -2,30 +2,88 @@
 
 The format, as that extension reads it: one `NAME:v1,v2,...` per line, the name is what comes before the first
 colon (stripped), values are comma-separated. A line containing `#` anywhere is a comment, and so are blank lines.
-Where a name repeats, the last line wins. Unlike that extension, which silently skips a line it cannot read (a
-wrong count, a typo), we report it with its line number: a silently missing preset is harder to debug.
+Where a name repeats, the last line wins. Like that extension we skip a line we cannot read (a wrong count, a typo,
+a name no tag could use), but never silently: each costs that line only and comes back as a `PresetProblem` naming
+the file and the line, which the adapters show (a silently missing preset is harder to debug).
+
+Lines end at '\n' only (a '\r' before it is dropped), never at the other characters `str.splitlines()` splits on
+(\v, \f, \x1c-\x1e, \x85, U+2028, U+2029): a name holding one of them would otherwise read back as two broken
+lines and take every other preset with it. One rule, `preset_name_problem`, says what a name may be, for the
+reader and the writer alike.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 from .atomic import write_atomic
 from .block_spec import families_for_count, format_values, parse_values
 from .blocks import BLOCK_FORMATS, accepted_counts
 from .errors import SpecError
 from .family import Family
+from .lora_tags import is_number
 
 PRESET_FILE_NAME = "block_weight_presets.txt"
 PRESETS_ENV = "COPYLORA_PRESETS"
 _DEFAULTS_FILE = Path(__file__).with_name("default_presets.txt")
-_FORBIDDEN_NAME_CHARS = set(":,#=<>") | {" ", "\t", "\n", "\r"}
+# ':' ends the name in the file and splits a prompt tag, ',' makes a spec a list of numbers, '=' makes a tag item
+# named, '<' and '>' end a tag, '#' makes the line a comment; whitespace and other unprintable characters are
+# caught by `str.isprintable()`.
+_FORBIDDEN_NAME_CHARS = frozenset(":,#=<>")
+MAX_PRESET_NAME = 64
+
+
+class PresetWarning(UserWarning):
+    """A line of a preset file was skipped; the message names the file, the line and the reason."""
+
+
+class PresetProblem(NamedTuple):
+    """One skipped line of a preset file (line 0: the whole file could not be read)."""
+
+    origin: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.origin}, line {self.line}" if self.line else self.origin
+        return f"{where}: {self.reason}; {'line' if self.line else 'file'} skipped"
+
+
+class PresetFile(NamedTuple):
+    presets: dict[str, tuple[float, ...]]
+    problems: list[PresetProblem]
 
 
 def _preset_counts() -> tuple[int, ...]:
     return tuple(sorted({fmt.count for formats in BLOCK_FORMATS.values() for fmt in formats}))
+
+
+def preset_name_problem(name: str) -> Optional[str]:
+    """Why `name` cannot be a preset name, or None when it can: it must be usable as `<lora:NAME:w:PRESET>`'s spec
+    and read back from the file as itself. The one rule for the file's reader and writer."""
+    shown = repr(name) if len(name) <= MAX_PRESET_NAME else repr(name[:MAX_PRESET_NAME]) + "..."
+    if not name:
+        return "the preset has no name"
+    if len(name) > MAX_PRESET_NAME:
+        return f"preset name {shown} is longer than {MAX_PRESET_NAME} characters"
+    if not name.isprintable() or any(c.isspace() for c in name):
+        return f"preset name {shown} has a space, line break or control character"
+    if _FORBIDDEN_NAME_CHARS & set(name):
+        return f"preset name {shown} has one of : , # = < >"
+    if is_number(name):  # `<lora:n:1:NAME>` would read it as the UNet strength
+        return f"preset name {shown} reads as a number"
+    return None
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines ending at '\n' only, each without its '\r\n' / '\n' ending (see the module notes)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def _is_comment_or_blank(line: str) -> bool:
@@ -45,24 +103,45 @@ def _check_values(values: tuple[float, ...]) -> None:
         raise SpecError(f"{len(values)} values fit no block format; use {per_family}")
 
 
-def parse_preset_text(text: str, origin: str) -> dict[str, tuple[float, ...]]:
-    """Presets from file text; SpecError names `origin` and the line number of a line it cannot read."""
+def _parse_line(line: str) -> tuple[str, tuple[float, ...]]:
+    try:
+        line.encode("utf-8")  # bytes that are not UTF-8 were kept as surrogates by `_file_text`
+    except UnicodeEncodeError:
+        raise SpecError("the line is not UTF-8 text") from None
+    if ":" not in line:
+        raise SpecError("expected NAME:v1,v2,... (or a comment starting with #)")
+    name, values_text = (part.strip() for part in line.split(":", 1))
+    problem = preset_name_problem(name)
+    if problem:
+        raise SpecError(problem)
+    values = parse_values(values_text)
+    _check_values(values)
+    return name, values
+
+
+def read_preset_text(text: str, origin: str) -> PresetFile:
+    """Presets from file text; each line it cannot read is skipped and comes back as a PresetProblem."""
     presets: dict[str, tuple[float, ...]] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    problems: list[PresetProblem] = []
+    for number, line in enumerate(_split_lines(text), start=1):
         if _is_comment_or_blank(line):
             continue
         try:
-            if ":" not in line:
-                raise SpecError("expected NAME:v1,v2,... (or a comment starting with #)")
-            name, values_text = (part.strip() for part in line.split(":", 1))
-            if not name:
-                raise SpecError("the preset has no name before the colon")
-            values = parse_values(values_text)
-            _check_values(values)
+            name, values = _parse_line(line)
         except SpecError as exc:
-            raise SpecError(f"{origin}, line {number}: {exc}") from None
+            problems.append(PresetProblem(origin, number, str(exc)))
+            continue
         presets[name] = values
-    return presets
+    return PresetFile(presets, problems)
+
+
+def parse_preset_text(text: str, origin: str) -> dict[str, tuple[float, ...]]:
+    """Presets from file text, strictly: SpecError names `origin` and the line number of the first bad line."""
+    parsed = read_preset_text(text, origin)
+    if parsed.problems:
+        first = parsed.problems[0]
+        raise SpecError(f"{first.origin}, line {first.line}: {first.reason}")
+    return parsed.presets
 
 
 def default_presets() -> dict[str, tuple[float, ...]]:
@@ -78,13 +157,39 @@ def user_preset_path() -> Path:
     return Path(__file__).resolve().parents[2] / PRESET_FILE_NAME
 
 
-def load_presets(path: Path | None = None) -> dict[str, tuple[float, ...]]:
-    """The defaults with the user's file (`path`, else `user_preset_path()`) on top; a missing file adds nothing."""
+def _file_text(path: Path) -> Optional[str]:
+    """The file's text (bytes that are not UTF-8 kept as surrogates, so a rewrite keeps them), None when absent;
+    OSError when it exists but cannot be read."""
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def read_presets(path: Path | None = None) -> PresetFile:
+    """The defaults with the user's file (`path`, else `user_preset_path()`) on top, and the lines of that file
+    that were skipped. A missing file adds nothing; an unreadable one adds nothing and one problem."""
     path = Path(path) if path is not None else user_preset_path()
     presets = default_presets()
-    if path.is_file():
-        presets.update(parse_preset_text(path.read_text(encoding="utf-8"), str(path)))
-    return presets
+    try:
+        text = _file_text(path)
+    except OSError as exc:
+        return PresetFile(presets, [PresetProblem(str(path), 0, f"cannot be read ({exc.strerror or exc})")])
+    if text is None:
+        return PresetFile(presets, [])
+    user = read_preset_text(text, str(path))
+    presets.update(user.presets)
+    return PresetFile(presets, user.problems)
+
+
+def load_presets(path: Path | None = None) -> dict[str, tuple[float, ...]]:
+    """`read_presets(path)`'s presets; each skipped line becomes a PresetWarning (use `read_presets` to show them
+    your own way)."""
+    loaded = read_presets(path)
+    for problem in loaded.problems:
+        warnings.warn(PresetWarning(str(problem)), stacklevel=2)
+    return loaded.presets
 
 
 def presets_for(family: Family, presets: Mapping[str, Sequence[float]]) -> dict[str, tuple[float, ...]]:
@@ -93,19 +198,26 @@ def presets_for(family: Family, presets: Mapping[str, Sequence[float]]) -> dict[
 
 
 def _check_name(name: str) -> str:
-    if not name or _FORBIDDEN_NAME_CHARS & set(name):
-        raise SpecError(f"preset name {name!r} is empty or has a space or one of : , # = < >; pick a plain name")
+    problem = preset_name_problem(name)
+    if problem:
+        raise SpecError(f"{problem}; pick a plain name such as my_face")
     return name
 
 
 def _write_lines_atomically(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(line + "\n" for line in lines).encode("utf-8")
+    # surrogateescape writes back, byte for byte, other lines that were not UTF-8
+    text = "".join(line + "\n" for line in lines).encode("utf-8", errors="surrogateescape")
     write_atomic(path, lambda handle: handle.write(text), overwrite=True)
 
 
 def _read_lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    """The file's lines as they are (endings aside), to write back all but the one that changes."""
+    try:
+        text = _file_text(path)
+    except OSError as exc:
+        raise SpecError(f"cannot read the preset file {path} ({exc.strerror or exc}); nothing was changed") from None
+    return _split_lines(text) if text is not None else []
 
 
 def save_preset(name: str, values: Sequence[float], path: Path | None = None) -> Path:

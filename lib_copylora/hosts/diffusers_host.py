@@ -156,6 +156,9 @@ class DiffusersHost:
         trained on, no final norm), concatenated, plus the second encoder's projected pooled output."""
         if clip_skip < 1:
             raise TrainingError(f"clip_skip must be >= 1, not {clip_skip}")
+        layers = min(encoder.config.num_hidden_layers for encoder in self.text_encoders)
+        if clip_skip + (self.family is Family.SDXL) > layers:  # SDXL already starts one layer from the end
+            raise TrainingError(f"clip_skip {clip_skip} is more than this model's text encoder has layers ({layers})")
         if self.family is not Family.SDXL:
             encoder = self.text_encoders[0]
             out = encoder(self._token_ids(self.tokenizers[0], prompts), output_hidden_states=True)

@@ -36,12 +36,37 @@ def _no_safety_checker(class_name: str) -> dict:
     return {} if "XL" in class_name else {"safety_checker": None, "requires_safety_checker": False}
 
 
-def _folder_pipeline(folder: Path, dtype: torch.dtype):
+def _model_index(folder: Path) -> dict:
     index = folder / "model_index.json"
-    class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "StableDiffusionPipeline")
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"{index} cannot be read as JSON ({type(exc).__name__}); is {folder} a diffusers "
+                            "model folder?") from None
+    if not isinstance(data, dict):
+        raise TrainingError(f"{index} is not a JSON object; is {folder} a diffusers model folder?")
+    return data
+
+
+def _folder_pipeline(folder: Path, dtype: torch.dtype):
+    class_name = str(_model_index(folder).get("_class_name", "StableDiffusionPipeline"))
+    for weights in sorted(folder.glob("*/*.safetensors")):  # the components' weights, checked before diffusers
+        _check_safetensors(weights, f"model file {weights.parent.name}/")
     kwargs = _no_safety_checker(class_name)
     pipeline = _pipeline_class(class_name)
     return pipeline.from_pretrained(str(folder), local_files_only=True, **_dtype_kwargs(dtype), **kwargs)
+
+
+def _check_safetensors(path: Path, what: str) -> None:
+    """Read and check a .safetensors header with our own reader before the Rust library or diffusers touch the
+    file: a truncated or lying header becomes one TrainingError instead of a SafetensorError traceback."""
+    from ..core.errors import FormatError
+    from ..core.safetensors_io import read_safetensors_metadata
+
+    try:
+        read_safetensors_metadata(path)
+    except FormatError as exc:
+        raise TrainingError(f"{what}{exc}") from None
 
 
 def _single_file_is_sdxl(path: Path) -> bool:
@@ -49,8 +74,13 @@ def _single_file_is_sdxl(path: Path) -> bool:
         return False
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        return any(key.endswith(_SDXL_MARKER) for key in handle.keys())
+    _check_safetensors(path, "model checkpoint ")  # before the Rust reader, for our message
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return any(key.endswith(_SDXL_MARKER) for key in handle.keys())
+    except Exception as exc:  # SafetensorError lives in a Rust extension and cannot be named here
+        raise TrainingError(f"model checkpoint {path.name} is not a readable safetensors file "
+                            f"({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
 
 
 def _single_file_pipeline(path: Path, dtype: torch.dtype, config_dir: Optional[Path]):
@@ -58,9 +88,11 @@ def _single_file_pipeline(path: Path, dtype: torch.dtype, config_dir: Optional[P
         index = config_dir / "model_index.json"
         if not index.is_file():
             raise TrainingError(f"--model-config {config_dir} is not a diffusers folder (no model_index.json)")
-        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+        class_name = str(_model_index(config_dir).get("_class_name", ""))
     else:
         class_name = "StableDiffusionXLPipeline" if _single_file_is_sdxl(path) else "StableDiffusionPipeline"
+    if path.suffix.lower() == ".safetensors":
+        _check_safetensors(path, "model checkpoint ")
     kwargs = {"config": str(config_dir)} if config_dir is not None else {}
     kwargs.update(_no_safety_checker(class_name))
     try:

@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 from typing import Optional
 
+from .data_config import DatasetError
+
 FALLBACK_EXTENSIONS = (".caption", ".txt")
 
 
@@ -16,7 +18,11 @@ def read_caption(image: Path, extension: str) -> Optional[str]:
     for ext in (extension, *FALLBACK_EXTENSIONS):
         path = image.with_suffix(ext)
         if path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror or str(exc)
+                raise DatasetError(f"caption file {path} cannot be read ({reason}); fix or remove it") from None
             return lines[0].strip() if lines else ""
     return None
 

@@ -13,8 +13,16 @@ from typing import Optional
 
 import torch
 
+from ..core.output_names import output_name_problem
 from .data_config import DatasetConfig
 from .errors import TrainConfigError
+from .field_checks import FieldChecks
+
+# Upper bounds far above any real use, so that a typo (an extra zero, 1e20) is refused at once instead of failing
+# after the model has loaded (a rank of 1e20 overflows inside torch).
+MAX_RANK = 1024
+MAX_LEARNING_RATE = 10.0  # adaptive optimisers (Prodigy) use 1; LoRA learning rates are around 1e-4
+MAX_CLIP_SKIP = 12  # the WebUI's own limit; a host with fewer text-encoder layers checks its own
 
 
 class NetworkKind(enum.Enum):
@@ -79,9 +87,9 @@ def _enum(value, kind: type[enum.Enum], name: str):
         raise TrainConfigError(f"{name} {value!r} is not one of: {choices}") from None
 
 
-def _positive(name: str, value, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise TrainConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, not {value}")
+_checks = FieldChecks(TrainConfigError)
+_number, _positive, _whole, _seed, check_flags = (_checks.number, _checks.positive, _checks.whole, _checks.seed,
+                                                  _checks.flags)
 
 
 @dataclass(frozen=True)
@@ -101,13 +109,15 @@ class NetworkConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", _enum(self.kind, NetworkKind, "network kind"))
-        _positive("rank", self.rank)
-        _positive("alpha", self.alpha, allow_zero=True)
+        check_flags(self)
+        _whole(self, "rank", upper=MAX_RANK)
+        _positive("alpha", self.alpha, allow_zero=True, upper=MAX_RANK)
         if self.conv_rank is not None:
-            _positive("conv_rank", self.conv_rank)
+            _whole(self, "conv_rank", upper=MAX_RANK)
         if self.conv_alpha is not None:
-            _positive("conv_alpha", self.conv_alpha, allow_zero=True)
-        if self.lokr_factor == 0 or self.lokr_factor < -1:
+            _positive("conv_alpha", self.conv_alpha, allow_zero=True, upper=MAX_RANK)
+        _whole(self, "lokr_factor", lower=-1, upper=MAX_RANK)
+        if self.lokr_factor == 0:
             raise TrainConfigError(f"lokr_factor must be -1 or > 0, not {self.lokr_factor}")
 
     @property
@@ -140,19 +150,22 @@ class OptimConfig:
         object.__setattr__(self, "optimizer", _enum(self.optimizer, OptimizerKind, "optimizer"))
         object.__setattr__(self, "scheduler", _enum(self.scheduler, SchedulerKind, "scheduler"))
         if self.betas is not None:
-            object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        _positive("learning_rate", self.learning_rate)
+            betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else (self.betas,)
+            for beta in betas:
+                _number("betas", beta)
+            if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+                raise TrainConfigError(f"betas must be two numbers in [0, 1), not {self.betas}")
+            object.__setattr__(self, "betas", tuple(float(b) for b in betas))
+        _positive("learning_rate", self.learning_rate, upper=MAX_LEARNING_RATE)
         if self.text_encoder_lr is not None:
-            _positive("text_encoder_lr", self.text_encoder_lr)
-        _positive("weight_decay", self.weight_decay, allow_zero=True)
-        if self.betas is not None and (len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas)):
-            raise TrainConfigError(f"betas must be two numbers in [0, 1), not {self.betas}")
-        _positive("eps", self.eps)
-        _positive("warmup_steps", self.warmup_steps, allow_zero=True)
+            _positive("text_encoder_lr", self.text_encoder_lr, upper=MAX_LEARNING_RATE)
+        _positive("weight_decay", self.weight_decay, allow_zero=True, upper=10.0)
+        _positive("eps", self.eps, upper=1.0)
+        _whole(self, "warmup_steps", allow_zero=True)
         if self.warmup_steps and self.scheduler is SchedulerKind.CONSTANT:
             raise TrainConfigError("warmup_steps needs a schedule with warm-up: pick constant_with_warmup, "
                                    "linear, cosine or cosine_with_restarts")
-        _positive("num_cycles", self.num_cycles)
+        _whole(self, "num_cycles")
         _positive("max_grad_norm", self.max_grad_norm, allow_zero=True)
 
     @property
@@ -181,10 +194,12 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", _enum(self.precision, Precision, "precision"))
-        _positive("max_steps", self.max_steps, allow_zero=True)
-        _positive("epochs", self.epochs)
-        _positive("gradient_accumulation_steps", self.gradient_accumulation_steps)
-        _positive("clip_skip", self.clip_skip)
+        check_flags(self)
+        _whole(self, "max_steps", allow_zero=True)
+        _whole(self, "epochs", upper=100_000)
+        _whole(self, "gradient_accumulation_steps", upper=1024)
+        _whole(self, "clip_skip", upper=MAX_CLIP_SKIP)
+        _seed(self)
 
 
 @dataclass(frozen=True)
@@ -194,7 +209,7 @@ class LossConfig:
     min_snr_gamma: Optional[float] = _help("min-SNR-γ loss weighting (5 is usual); None = off", default=None)
 
     def __post_init__(self) -> None:
-        _positive("noise_offset", self.noise_offset, allow_zero=True)
+        _positive("noise_offset", self.noise_offset, allow_zero=True, upper=10.0)
         if self.min_snr_gamma is not None:
             _positive("min_snr_gamma", self.min_snr_gamma)
 
@@ -208,10 +223,14 @@ class SampleConfig:
     seed: int = _help("seed of the preview noise (the same with and without the LoRA)", default=0)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prompts", tuple(str(p) for p in self.prompts))
-        _positive("every_n_steps", self.every_n_steps, allow_zero=True)
-        _positive("steps", self.steps)
-        _positive("guidance_scale", self.guidance_scale, allow_zero=True)
+        prompts = (self.prompts,) if isinstance(self.prompts, str) else self.prompts
+        if not isinstance(prompts, (tuple, list)) or not all(isinstance(p, str) for p in prompts):
+            raise TrainConfigError(f"prompts must be a list of texts, not {self.prompts!r}")
+        object.__setattr__(self, "prompts", tuple(prompts))
+        _whole(self, "every_n_steps", allow_zero=True)
+        _whole(self, "steps", upper=1000)
+        _positive("guidance_scale", self.guidance_scale, allow_zero=True, upper=100.0)
+        _seed(self)
 
 
 @dataclass(frozen=True)
@@ -226,14 +245,19 @@ class OutputConfig:
     resume: bool = _help("continue from the resume state beside the output when there is one", default=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.output_dir, (str, Path)) or "\0" in str(self.output_dir):
+            raise TrainConfigError(f"output_dir {self.output_dir!r} is not a folder path")
         object.__setattr__(self, "output_dir", Path(self.output_dir))
         object.__setattr__(self, "save_precision", _enum(self.save_precision, Precision, "save_precision"))
-        name = self.output_name.strip()
-        if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
-            raise TrainConfigError(f"output_name {self.output_name!r} is not a plain file name")
+        check_flags(self)
+        # only plain spaces are trimmed: any other whitespace is a character the name rule refuses
+        name = self.output_name.strip(" ") if isinstance(self.output_name, str) else self.output_name
+        problem = output_name_problem(name)
+        if problem:
+            raise TrainConfigError(f"output_name: {problem}")
         object.__setattr__(self, "output_name", name)
-        _positive("save_every_n_steps", self.save_every_n_steps, allow_zero=True)
-        _positive("save_every_n_epochs", self.save_every_n_epochs, allow_zero=True)
+        _whole(self, "save_every_n_steps", allow_zero=True)
+        _whole(self, "save_every_n_epochs", allow_zero=True)
 
     def path(self, suffix: str = "") -> Path:
         return self.output_dir / f"{self.output_name}{suffix}.safetensors"
@@ -251,10 +275,11 @@ class RouteConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "route", _enum(self.route, Route, "route"))
+        check_flags(self)
         for name in ("new_rank", "new_conv_rank"):
             value = getattr(self, name)
             if value is not None:
-                _positive(name, value)
+                _whole(self, name, upper=2 * MAX_RANK)
                 if self.route is not Route.DIFFERENCE:
                     raise TrainConfigError(f"{name} only applies to the difference route")
 
@@ -280,5 +305,8 @@ class TrainConfig:
                       "sample": SampleConfig, "output": OutputConfig, "route": RouteConfig}.get(f.name)
             if wanted is not None and not isinstance(value, wanted):
                 raise TrainConfigError(f"TrainConfig.{f.name} must be a {wanted.__name__}, not {type(value).__name__}")
+        for name in ("dataset_a", "dataset_b"):
+            if not isinstance(getattr(self, name), (DatasetConfig, type(None))):
+                raise TrainConfigError(f"TrainConfig.{name} must be a DatasetConfig or None")
         if self.route.route is not Route.SINGLE and self.dataset_a is not None and self.dataset_b is None:
             raise TrainConfigError(f"the {self.route.route.value} route needs image set B as well as A")

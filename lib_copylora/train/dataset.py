@@ -3,6 +3,10 @@ aspect-ratio buckets, a regularisation set weighted by the prior loss, latents c
 
 The order of an epoch is a pure function of (seed, epoch), so a resumed run sees the very batches it would have
 seen, and every data-parallel process agrees on the plan before taking its share of it.
+
+Every image is decoded once when the set is scanned, so a truncated file, a text file named .jpg, an empty file or
+a decompression bomb is found before training starts: the set is refused with the list of them, or, with
+`skip_unreadable_images`, trained without them (listed all the same). Never a traceback at step 300.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import torch
 from .buckets import Size, closest_bucket, cover_and_crop, fixed_bucket, make_buckets, no_upscale_bucket
 from .captions import augment_caption, read_caption
 from .data_config import DatasetConfig, DatasetError
+from .image_check import UnreadableImage, bombs_refused, image_size, unreadable_errors, unreadable_message, \
+    unreadable_reason
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.*)$")
@@ -63,6 +69,7 @@ class DatasetSummary(NamedTuple):
     buckets: dict[Size, int]  # samples per epoch in each (width, height) bucket
     batches_per_epoch: int
     notes: list[str]
+    unreadable: tuple[UnreadableImage, ...] = ()  # skipped images, with why (training refuses them unless asked)
 
     @property
     def caption_coverage(self) -> float:
@@ -79,11 +86,16 @@ class DatasetSummary(NamedTuple):
                      f"({100 * self.caption_coverage:.0f}%)")
         lines.append("buckets: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in sorted(self.buckets.items())))
         lines.append(f"{self.batches_per_epoch} batches per epoch")
+        if self.unreadable:
+            lines.append(f"unreadable: {len(self.unreadable)} images, left out of the counts above")
+            lines += [f"  {image}" for image in self.unreadable]
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    # a link to nowhere is listed too, so that it is reported as unreadable instead of silently missing
+    return sorted(p for p in folder.iterdir()
+                  if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def find_image_folders(root: Path) -> tuple[list[tuple[Path, int, str]], list[str]]:
@@ -92,8 +104,15 @@ def find_image_folders(root: Path) -> tuple[list[tuple[Path, int, str]], list[st
     Sub-folders `N_name` repeat their images N times. Images directly in `root` count once, unless `root` is
     itself named `N_name` (the user pointed at the image folder), then N times. Other sub-folders are skipped,
     as kohya does, with a note."""
-    if not root.is_dir():
-        raise DatasetError(f"image folder {root} does not exist")
+    try:
+        if not root.is_dir():
+            raise DatasetError(f"image folder {root} does not exist")
+        return _image_folders(root)
+    except OSError as exc:  # a name too long, a folder we may not list
+        raise DatasetError(f"image folder {root} cannot be read ({exc.strerror or exc})") from None
+
+
+def _image_folders(root: Path) -> tuple[list[tuple[Path, int, str]], list[str]]:
     folders, notes = [], []
     own = _REPEAT_FOLDER.match(root.name)
     if _images_in(root):
@@ -111,16 +130,6 @@ def find_image_folders(root: Path) -> tuple[list[tuple[Path, int, str]], list[st
     return folders, notes
 
 
-def _image_size(path: Path) -> Size:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        # EXIF rotation swaps the sides of photos from phones; the loader applies it too.
-        orientation = image.getexif().get(0x0112, 1)
-        width, height = image.size
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
 def _bucket_for(size: Size, config: DatasetConfig, buckets: list[Size]) -> Size:
     if not config.enable_bucket:
         return fixed_bucket(config.max_size)
@@ -129,17 +138,29 @@ def _bucket_for(size: Size, config: DatasetConfig, buckets: list[Size]) -> Size:
     return closest_bucket(size, buckets)
 
 
-def scan_images(root: Path, config: DatasetConfig, is_reg: bool) -> tuple[list[ImageRecord], list[str]]:
+class ScannedSet(NamedTuple):
+    records: list[ImageRecord]
+    notes: list[str]
+    unreadable: list[UnreadableImage]
+
+
+def scan_images(root: Path, config: DatasetConfig, is_reg: bool) -> ScannedSet:
+    """Every image under `root`, decoded once: the readable ones as records, the others with the reason."""
     folders, notes = find_image_folders(root)
     buckets = make_buckets(config.max_size, config.min_bucket_reso, config.max_bucket_reso,
                            config.bucket_reso_steps)
-    records = []
+    records, unreadable = [], []
+    errors = unreadable_errors()
     for folder, repeats, name in folders:
         for path in _images_in(folder):
-            size = _image_size(path)
+            try:
+                size = image_size(path)
+            except errors as exc:
+                unreadable.append(UnreadableImage(path, unreadable_reason(path, exc)))
+                continue
             records.append(ImageRecord(path, name, repeats, read_caption(path, config.caption_extension), size,
                                        _bucket_for(size, config, buckets), is_reg))
-    return records, notes
+    return ScannedSet(records, notes, unreadable)
 
 
 def cycle_regularisation(reg: list[ImageRecord], train_samples: int) -> list[int]:
@@ -161,8 +182,12 @@ def load_image(record: ImageRecord, flip: bool) -> torch.Tensor:
     import numpy as np
     from PIL import Image, ImageOps
 
-    with Image.open(record.path) as raw:
-        image = ImageOps.exif_transpose(raw).convert("RGB")
+    try:
+        with bombs_refused(), Image.open(record.path) as raw:
+            image = ImageOps.exif_transpose(raw).convert("RGB")
+    except unreadable_errors() as exc:  # it was readable when the set was scanned: changed since?
+        raise DatasetError(f"{record.path} can no longer be read ({unreadable_reason(record.path, exc)}); it was "
+                           "readable when the set was scanned, so it changed while training") from None
     resized, box = cover_and_crop(image.size, record.bucket)
     if resized != image.size:
         image = image.resize(resized, Image.Resampling.LANCZOS)
@@ -180,17 +205,25 @@ def _chunks(items: list, size: int) -> list[list]:
 class ImageDataset:
     """The training set (plus regularisation set) of one LoRA, ready to hand out batches of latents."""
 
-    def __init__(self, config: DatasetConfig):
+    def __init__(self, config: DatasetConfig, refuse_unreadable: bool = True):
+        """Scan the set. An unreadable image refuses it (DatasetError listing them) unless the config skips them
+        or `refuse_unreadable` is False (a preview, which lists them in its summary instead)."""
         self.config = config
-        train, self.notes = scan_images(config.data_dir, config, is_reg=False)
+        train, self.notes, self.unreadable = scan_images(config.data_dir, config, is_reg=False)
         if not train:
-            raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {config.data_dir}")
+            raise DatasetError(_no_images(config.data_dir, "", self.unreadable))
+        refuse = refuse_unreadable and not config.skip_unreadable_images
+        if refuse and self.unreadable:
+            raise DatasetError(_refusal(config.data_dir, self.unreadable))
         reg: list[ImageRecord] = []
         if config.reg_dir is not None:
-            reg, reg_notes = scan_images(config.reg_dir, config, is_reg=True)
+            reg, reg_notes, reg_unreadable = scan_images(config.reg_dir, config, is_reg=True)
             self.notes += [f"regularisation: {n}" for n in reg_notes]
             if not reg:
-                raise DatasetError(f"no images under the regularisation folder {config.reg_dir}")
+                raise DatasetError(_no_images(config.reg_dir, "regularisation ", reg_unreadable))
+            if refuse and reg_unreadable:
+                raise DatasetError(_refusal(config.reg_dir, reg_unreadable))
+            self.unreadable += reg_unreadable
         self.records: list[ImageRecord] = train + reg
         self._samples = [i for i, r in enumerate(train) for _ in range(r.repeats)]
         self._samples += [len(train) + i for i in cycle_regularisation(reg, len(self._samples))]
@@ -292,9 +325,21 @@ class ImageDataset:
             folders=list(folders.values()), images=len(train), samples_per_epoch=train_samples,
             reg_images=len(reg), reg_samples=len(self._samples) - train_samples,
             captioned=sum(r.caption is not None for r in self.records), buckets=dict(buckets),
-            batches_per_epoch=self.batches_per_epoch(), notes=list(self.notes))
+            batches_per_epoch=self.batches_per_epoch(), notes=list(self.notes), unreadable=tuple(self.unreadable))
+
+
+def _refusal(root: Path, unreadable: list[UnreadableImage]) -> str:
+    return (f"{unreadable_message(root, unreadable)}; fix or remove them, or set skip_unreadable_images to train "
+            "without them")
+
+
+def _no_images(root: Path, kind: str, unreadable: list[UnreadableImage]) -> str:
+    if unreadable:
+        return f"no readable images in the {kind}folder {root}: {unreadable_message(root, unreadable)}"
+    return f"no images ({', '.join(IMAGE_EXTENSIONS)}) under the {kind}folder {root}"
 
 
 def scan_dataset(config: DatasetConfig) -> DatasetSummary:
-    """What a dataset folder holds, for the WebUI tab's preview and the CLI's opening lines (no images decoded)."""
-    return ImageDataset(config).summary()
+    """What a dataset folder holds, for the WebUI tab's preview and the CLI's opening lines. Every image is decoded
+    once; the unreadable ones are listed in the summary rather than refused, so the preview can show them."""
+    return ImageDataset(config, refuse_unreadable=False).summary()

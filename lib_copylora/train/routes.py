@@ -120,6 +120,18 @@ def train_difference(host: TrainingHost, config: TrainConfig, data_a: BatchSourc
         return run.done(lora, phases)
 
 
+def existing_outputs(config: TrainConfig) -> list[Path]:
+    """The files a run would write that exist already (the result, and its parts when kept), unless overwriting
+    was asked for. Adapters check this before loading a model; the run checks it again before step 1."""
+    output = config.output
+    if output.overwrite:
+        return []
+    suffixes = [""]
+    if config.route.keep_parts:
+        suffixes += ["_A"] if config.route.route is Route.COPIER else ["_A", "_B"]
+    return [path for path in (output.path(s) for s in suffixes) if path.exists()]
+
+
 def _num_train_images(source: BatchSource) -> Optional[int]:
     summary = getattr(source, "summary", None)  # ImageDataset has one; toy sources need not
     return summary().samples_per_epoch if callable(summary) else None
@@ -145,8 +157,9 @@ class _Run:
     def session(self) -> Iterator[None]:
         """Base frozen (flags restored afterwards), gradient checkpointing on if asked (off afterwards)."""
         output = self.config.output
-        if output.path().exists() and not output.overwrite:
-            raise OutputExists(f"{output.path()} exists; choose another name or ask to overwrite")
+        existing = existing_outputs(self.config)
+        if existing:
+            raise OutputExists(f"{existing[0]} exists; choose another name or ask to overwrite")
         output.output_dir.mkdir(parents=True, exist_ok=True)
         flags = [(t, t.requires_grad) for _, t in self.host.base_tensors()]
         checkpointing = False

@@ -151,6 +151,9 @@ def register_routes(app: FastAPI, service) -> None:
                 "captioned": summary.captioned, "caption_coverage": summary.caption_coverage,
                 "buckets": [{"width": w, "height": h, "samples": n} for (w, h), n in sorted(summary.buckets.items())],
                 "batches_per_epoch": summary.batches_per_epoch, "notes": summary.notes,
+                # the folder resolved, not the file: a link to nowhere is listed under its own name
+                "unreadable": [{"file": f"{service.relative_dataset(u.path.parent)}/{u.path.name}", "reason": u.reason}
+                               for u in summary.unreadable],
                 "text": summary.describe().replace(str(service.folders().datasets.resolve()), "")}
 
     def model_hash() -> dict:
