@@ -148,7 +148,8 @@ def test_a_readable_strength_is_never_changed_and_only_unreadable_ones_drop_the_
     [[(positional, _)]] = builtin_params(tag).values()
     positional = [positional[0]] + [p for p in positional[1:] if "=" not in p] if positional else []
     rewritten, _ = lt.rewrite_prompt(tag)
-    unreadable = not positional or not positional[0].strip() or (len(positional) > 1 and not lt.is_finite_number(positional[1]))
+    no_name = not positional or not positional[0].strip()
+    unreadable = no_name or (len(positional) > 1 and not lt.is_finite_number(positional[1]))
     assert (rewritten == "") == unreadable, (tag, rewritten)
     if not unreadable:
         [[(kept_positional, _)]] = builtin_params(rewritten).values()
