@@ -70,7 +70,7 @@ def hostile_corpus(n: Names = Names()) -> list[tuple[str, str, Any, int, str]]:
         ("POST", "/train", {**OK_TRAIN, "route": "copier"}, 400, r"needs dataset_b"),
         ("POST", "/train", {**OK_TRAIN, "new_rank": 4}, 400, r"new_rank"),
         ("POST", "/train", {**OK_TRAIN, "output": {"output_dir": "/tmp"}}, 400, r"set by the server"),
-        ("POST", "/train", {**OK_TRAIN, "name": 5}, 400, r"^name: "),
+        ("POST", "/train", {**OK_TRAIN, "name": ["x"]}, 400, r"^name: "),
         ("POST", "/train", {**OK_TRAIN, "network": {"rank": "4,,8"}}, 400, r"empty item"),
         # unknown fields: refused, naming the closest known field (top level, sections, scan settings)
         ("POST", "/train", {**OK_TRAIN, "max_step": 1}, 400, r"^request: unknown field max_step;"),
