@@ -1,12 +1,11 @@
 """The HTTP API without the WebUI: `register_routes` on a bare FastAPI app, the real service over temporary folders,
-a runner that prepares runs for real but trains nothing, and the few WebUI modules the service reaches for
-(queue lock, progress state, flags, the loaded model) as stand-ins put into sys.modules for one test only."""
+on a host (`service.ServiceHost`) whose runner prepares runs for real but trains nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
-import types
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,8 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 from lib_copylora.core.family import Family
-from lib_copylora.webui.jobs import Job, JobQueue, JobState
-from lib_copylora.webui.train_request import Folders, prepare_run
+from lib_copylora.service.jobs import Job, JobState
+from lib_copylora.service.service import CopyLoraService
+from lib_copylora.service.train_request import Folders, prepare_run
 
 from lora_factory import family_metadata, lora_state_dict
 
@@ -24,7 +24,6 @@ fastapi = pytest.importorskip("fastapi", reason="fastapi comes with requirements
 from fastapi.testclient import TestClient  # noqa: E402
 
 from lib_copylora.webui.api import PREFIX, register_routes  # noqa: E402
-from lib_copylora.webui.service import CopyLoraService  # noqa: E402
 
 PRESET_TEXT = "MINE:1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0\n"
 
@@ -59,15 +58,36 @@ class GatedRunner:
         self.gates.setdefault(name, threading.Event()).set()
 
 
-class FakeState:
-    def __init__(self):
-        self.jobs: list[str] = []
+class Host:
+    """The service's host: temporary folders and preset file, the gated runner, a model hash that never moves."""
 
-    def begin(self, job: str = "") -> None:
-        self.jobs.append(job)
+    def __init__(self, folders: Folders, preset_file: Path):
+        self.folders_, self.preset_file_ = folders, preset_file
+        self.runner_ = GatedRunner(folders)
+        self.exclusive_jobs: list[str] = []
 
-    def end(self) -> None:
+    def folders(self) -> Folders:
+        return self.folders_
+
+    def runner(self) -> GatedRunner:
+        return self.runner_
+
+    @contextlib.contextmanager
+    def exclusive(self, job: str):
+        self.exclusive_jobs.append(job)
+        yield
+
+    def listed_loras(self):
+        return None
+
+    def refresh_loras(self) -> None:
         pass
+
+    def model_hash(self) -> dict:
+        return {"sha256": "0" * 64, "checkpoint": None}
+
+    def preset_file(self) -> Path:
+        return self.preset_file_
 
 
 class Api(NamedTuple):
@@ -107,29 +127,19 @@ def make_folders(root: Path) -> Folders:
 
 
 @pytest.fixture
-def api(tmp_path, monkeypatch) -> Api:
+def api(tmp_path) -> Api:
     root = tmp_path / "root"
     folders = make_folders(root)
     preset_file = root / "presets.txt"
     preset_file.write_text(PRESET_TEXT, encoding="utf-8")
-    model = torch.nn.Linear(4, 4)
-    model.sd_checkpoint_info = types.SimpleNamespace(title="tiny.safetensors [0000000000]")
-    shared = types.SimpleNamespace(state=FakeState(), sd_model=model,
-                                   cmd_opts=types.SimpleNamespace(copylora_presets=str(preset_file)))
-    call_queue = types.SimpleNamespace(queue_lock=threading.Lock())
-    modules = types.ModuleType("modules")
-    modules.shared, modules.call_queue = shared, call_queue
-    for name, module in (("modules", modules), ("modules.shared", shared), ("modules.call_queue", call_queue)):
-        monkeypatch.setitem(__import__("sys").modules, name, module)
-    service = CopyLoraService(lambda: folders)
-    runner = GatedRunner(folders)
-    service.jobs = JobQueue(runner)
+    host = Host(folders, preset_file)
+    service = CopyLoraService(host)
     app = fastapi.FastAPI()
     register_routes(app, service)
-    yield Api(TestClient(app), service, runner, root, preset_file)
-    for name in list(runner.gates):
-        runner.finish(name)
-    service.shutdown()
+    yield Api(TestClient(app), service, host.runner_, root, preset_file)
+    for name in list(host.runner_.gates):
+        host.runner_.finish(name)
+    service.jobs.shutdown()
 
 
 def call(api: Api, method: str, path: str, body=None, raw: bytes | None = None):

@@ -22,10 +22,10 @@ from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.errors import CopyLoraError
-from . import compat
-from .jobs import JobStatus, OutputTaken, UnknownJob
-from .merge_run import MergeRequest
-from .train_request import SECTIONS, TrainRequest, request_from_dict, unknown_fields
+from ..service.jobs import JobStatus, OutputTaken, UnknownJob
+from ..service.merge_run import MergeRequest
+from ..service.train_request import SECTIONS, TrainRequest, request_from_dict, unknown_fields
+from . import compat, patching
 
 PREFIX = "/copylora/v1"
 log = logging.getLogger("copylora")
@@ -179,10 +179,11 @@ def _drop_old_routes(app: FastAPI) -> None:
 
 def register_routes(app: FastAPI, service) -> None:
     _drop_old_routes(app)
+    patching.add(("api routes", id(app)), app, _drop_old_routes, "API routes")
 
     def submit(body: TrainRequestModel) -> SubmitResponse:  # type: ignore[valid-type]
-        values = {k: v for k, v in body.dict().items() if v is not None}
-        return SubmitResponse(job_ids=_call(lambda: service.jobs.submit(request_from_dict(values))))
+        values = {k: v for k, v in compat.request_values(body).items() if v is not None}
+        return SubmitResponse(job_ids=_call(lambda: service.submit(request_from_dict(values))))
 
     def jobs() -> List[JobModel]:
         return [job_model(s) for s in service.jobs.list()]
@@ -191,13 +192,13 @@ def register_routes(app: FastAPI, service) -> None:
         return job_model(_call(service.jobs.status, job_id))
 
     def stop(job_id: str, body: StopRequest) -> JobModel:
-        return job_model(_call(service.jobs.stop, job_id, body.save))
+        return job_model(_call(service.stop, job_id, body.save))
 
     def results() -> List[JobModel]:
         return [job_model(s) for s in service.results()]
 
     def merge(body: MergeRequestModel) -> dict:  # type: ignore[valid-type]
-        result = _call(lambda: service.merge(MergeRequest(**body.dict())))
+        result = _call(lambda: service.merge(MergeRequest(**compat.request_values(body))))
         return {"result": result.name, "tag": result.tag, "modules": result.modules, "warnings": result.warnings}
 
     def presets() -> Dict[str, List[float]]:
