@@ -72,6 +72,9 @@ def hostile_corpus(n: Names = Names()) -> list[tuple[str, str, Any, int, str]]:
         ("POST", "/train", {**OK_TRAIN, "output": {"output_dir": "/tmp"}}, 400, r"set by the server"),
         ("POST", "/train", {**OK_TRAIN, "name": ["x"]}, 400, r"^name: "),
         ("POST", "/train", {**OK_TRAIN, "network": {"rank": "4,,8"}}, 400, r"empty item"),
+        ("POST", "/train", {**OK_TRAIN, "network": {"rank": ",".join(map(str, range(1, 1001)))},
+                            "optim": {"learning_rate": ",".join(f"{i}e-5" for i in range(1, 1001))}}, 400,
+         r"^the sweep makes 1000000 runs \(1000 × 1000\); at most 256"),
         # unknown fields: refused, naming the closest known field (top level, sections, scan settings)
         ("POST", "/train", {**OK_TRAIN, "max_step": 1}, 400, r"^request: unknown field max_step;"),
         ("POST", "/train", {**OK_TRAIN, "netwrok": {}}, 400, r"unknown field netwrok \(did you mean network\?\)"),

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import enum
 import itertools
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ SWEEPABLE: dict[tuple[str, str], str] = {
 SERVER_FIELDS = {("output", "output_dir"), ("output", "output_name"), ("dataset", "data_dir"),
                  ("dataset", "reg_dir")}
 AUTO_PRECISION = "auto"
+# Every run of a sweep is prepared (its configs built, its folders checked) before any is queued: a thousand-by-
+# thousand sweep would hold the server for minutes, and no one means to queue more than a few hundred runs.
+MAX_SWEEP_RUNS = 256
 # Bytes a run appends to its name in the files it writes (`_A-step00000000.safetensors`, a resume state's
 # `.A.trainstate`, the temporary file beside each).
 OUTPUT_NAME_RESERVE = 48
@@ -159,6 +163,10 @@ def expand_sweeps(request: TrainRequest) -> list[TrainRequest]:
                 axes.append((section, name, items))
     if not axes:
         return [request]
+    count = math.prod(len(items) for _, _, items in axes)
+    if count > MAX_SWEEP_RUNS:
+        raise TrainConfigError(f"the sweep makes {count} runs ({' × '.join(str(len(i)) for _, _, i in axes)}); at "
+                               f"most {MAX_SWEEP_RUNS} can be queued at once")
     runs = []
     for combination in itertools.product(*(items for _, _, items in axes)):
         sections = {s: dict(getattr(request, s)) for s in SECTIONS}
