@@ -1,4 +1,4 @@
-"""CopyLoRA's HTTP API under /copylora/v1 (registered from on_app_started; see docs/tab-api.md).
+"""CopyLoRA's HTTP API under /copylora/v1 (registered from on_app_started; see README.md, "The API").
 
 Every bad request answers a 4xx with a one-line `detail`: 400 for a request that cannot run (unknown fields
 included, named with the closest known one), 404 for an unknown job, 409 for an output a queued or running job
@@ -177,9 +177,14 @@ def _drop_old_routes(app: FastAPI) -> None:
     app.router.routes[:] = [r for r in app.router.routes if not getattr(r, "path", "").startswith(PREFIX)]
 
 
-def register_routes(app: FastAPI, service) -> None:
+def _own_routes(app: FastAPI) -> None:
+    """Drop routes an earlier copy left, and record how ours go away on unload (webui/patching.py)."""
     _drop_old_routes(app)
     patching.add(("api routes", id(app)), app, _drop_old_routes, "API routes")
+
+
+def register_routes(app: FastAPI, service) -> None:
+    _own_routes(app)
 
     def submit(body: TrainRequestModel) -> SubmitResponse:  # type: ignore[valid-type]
         values = {k: v for k, v in compat.request_values(body).items() if v is not None}

@@ -1,4 +1,4 @@
-"""The alwayson script's work for `<lora:name:w:blocks>` prompts (DESIGN §5).
+"""The alwayson script's work for `<lora:name:w:blocks>` prompts (docs/architecture.md §7).
 
 process() / before_process_batch(): rewrite our forms into `lbw=` before the built-in parser sees them, and repair
 (or leave out) any LoRA tag that parser could not read: one such tag would otherwise drop every LoRA.
