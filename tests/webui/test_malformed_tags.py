@@ -23,7 +23,7 @@ PLAIN_STRENGTHS = ["0.5", "1"]
 JUNK = ["te=x", "unet=abc", "dyn=1.5", "dyn=x", "lbw=a=b", "x=y=z", "", "nan", "te=", "unet=inf", "==", "abc"]
 
 
-def odd_family(other: str, seed: int = 10, count: int = 12) -> list[tuple[str, str | None]]:
+def odd_family(other: str, seed: int = 10, count: int = 8) -> list[tuple[str, str | None]]:
     """(odd tag, the strength its LoRA falls back to, or None when it must be left out), generated."""
     rng = random.Random(seed)
     family = []
