@@ -9,10 +9,11 @@ import logging
 import re
 import time
 from urllib.parse import quote
+from urllib.parse import quote
 
 import pytest
 
-from api_harness import api, call, tree_digest  # noqa: F401  (api is a fixture)
+from api_harness import PRESET_TEXT, api, call, tree_digest  # noqa: F401  (api is a fixture)
 from hostile_corpus import Names, hostile_corpus, ok_merge, ok_train
 
 CORPUS = hostile_corpus()
@@ -90,6 +91,39 @@ def test_a_sweep_that_collides_with_a_queued_run_queues_nothing(api):
     response = call(api, "POST", "/train", {**OK_TRAIN, "name": "s", "loop": {"seed": "1,2,3"}})
     assert_refused(response, 409, r"^s-seed2: job \w+ ")
     assert [s.name for s in api.service.jobs.list()] == ["s-seed2"]
+
+
+@pytest.mark.parametrize("name", ["cl\x0bp", "cl\u2028p", "cl\x85p", "cl\x1cp", "cl\fp"])
+def test_a_preset_name_the_core_refuses_writes_nothing(api, name):
+    """Names that str.splitlines() would split (issue 10, defect 1) must never reach the file."""
+    before = api.preset_file.read_bytes()
+    response = call(api, "PUT", f"/presets/{quote(name)}", {"values": [1] * 17})
+    assert_refused(response, 400, r"name")
+    assert api.preset_file.read_bytes() == before == PRESET_TEXT.encode()
+    assert "MINE" in call(api, "GET", "/presets").json()
+    assert call(api, "POST", "/merge", {**OK_MERGE, "blocks": ["MINE", "-"]}).status_code == 200
+
+
+# Values only the engine's own checks can judge (train/config.py, core/presets.py): they must be refused at submit,
+# before anything is queued, not fail hours later in the job.
+ENGINE_CASES = [
+    (b'{"name": "run", "dataset_a": "a", "optim": {"learning_rate": NaN}}', r"learning_rate"),
+    (b'{"name": "run", "dataset_a": "a", "optim": {"learning_rate": Infinity}}', r"learning_rate"),
+    (b'{"name": "run", "dataset_a": "a", "optim": {"text_encoder_lr": "nan"}}', r"text_encoder_lr"),
+    (b'{"name": "run", "dataset_a": "a", "network": {"rank": 1e20}}', r"rank"),
+    (b'{"name": "run", "dataset_a": "a", "dataset": {"resolution": "60000", "enable_bucket": false}}',
+     r"resolution"),
+]
+
+
+@pytest.mark.parametrize("raw, pattern", ENGINE_CASES)
+def test_values_the_engine_refuses_are_refused_at_submit(api, caplog, raw, pattern):
+    before = tree_digest(api.root.parent)
+    with caplog.at_level(logging.DEBUG):
+        response = call(api, "POST", "/train", raw=raw)
+    assert_refused(response, 400, pattern)
+    assert tree_digest(api.root.parent) == before and api.service.jobs.list() == []
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
 
 
 def test_a_bug_answers_500_with_one_console_line(api, caplog, monkeypatch):
