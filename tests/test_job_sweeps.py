@@ -77,10 +77,10 @@ def test_auto_precision_follows_the_model(folders, dtype, expected):
     ({"dataset_a": "missing"}, UnsafePath, "does not exist"),
     ({"subfolder": "/abs"}, UnsafePath, "absolute"),
     ({"network": {"rank": "4,8"}}, TrainConfigError, "not a valid int"),  # a sweep left unexpanded
-    ({"network": {"ranks": 4}}, TrainConfigError, "unknown setting"),
+    ({"network": {"ranks": 4}}, TrainConfigError, r"network: unknown field ranks \(did you mean rank\?\)"),
     ({"output": {"output_dir": "/tmp"}}, TrainConfigError, "set by the server"),
     ({"route": "copier"}, TrainConfigError, "dataset_b"),
-    ({"colour": "red"}, TrainConfigError, "unknown request field"),
+    ({"colour": "red"}, TrainConfigError, "request: unknown field colour;"),
 ])
 def test_bad_requests_fail_with_a_reason(folders, values, error, match):
     with pytest.raises(error, match=match):
@@ -100,6 +100,10 @@ class RecordingRunner:
         if request.name.endswith("bad"):
             raise TrainConfigError(f"{request.name} cannot run")
         return {"name": request.name}
+
+    @staticmethod
+    def claim(config):
+        return config["name"]
 
     def run(self, job):
         with self.lock:

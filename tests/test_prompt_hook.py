@@ -76,3 +76,23 @@ def test_specs_come_from_lora_and_lyco_tags():
     data = {"lora": [Params(["x", "1", "lbw=face"]), Params(["y", "0.5"])], "lyco": [Params(["z", "1", "lbw=ALL"])],
             "hypernet": [Params(["h", "1", "lbw=face"])]}
     assert prompt_hook.specs_from(data) == {"x": "face", "z": "ALL"}
+
+
+def test_malformed_tags_are_repaired_and_reported_once_everywhere(fake_scripts, caplog):
+    """Issue 10, defect 7: the bad tag goes (or falls back), the good one stays; comment, console and infotext
+    each name it once, however many prompts of the batch carry it; the per-batch pass finds nothing more."""
+    prompts = ["a <lora:good:0.7> <lora:bad:abc>"] * 3
+    p = P(list(prompts), ["h <lora:good:0.7> <lora:odd:0.5:te=x>"])
+    hook = prompt_hook.BlockWeightHook()
+    with caplog.at_level("WARNING", logger="copylora"):
+        hook.process(p)
+    assert p.all_prompts == ["a <lora:good:0.7> "] * 3
+    assert p.all_hr_prompts == ["h <lora:good:0.7> <lora:odd:0.5>"]
+    assert len(p.comments) == 2 and all(c.startswith("CopyLoRA: 'lora:") for c in p.comments)
+    assert any("'abc' is not a number" in c for c in p.comments) and any("te=x" in c for c in p.comments)
+    infotext = p.extra_generation_params[prompt_hook.PROBLEMS_KEY]
+    assert sorted(infotext.split(" | ")) == sorted(c.removeprefix("CopyLoRA: ") for c in p.comments)
+    assert len([r for r in caplog.records if "is not a number" in r.getMessage()]) == 2
+    batch = list(p.all_prompts)
+    hook.before_process_batch(p, prompts=batch)
+    assert batch == p.all_prompts and len(p.comments) == 2

@@ -49,6 +49,10 @@ class UnknownJob(CopyLoraError):
     """No job has this id (the API answers 404)."""
 
 
+class OutputTaken(CopyLoraError):
+    """A queued or running job already writes this output (the API answers 409)."""
+
+
 @dataclass(frozen=True)
 class JobStatus:
     """A snapshot of one run, safe to hand to another thread or serialise."""
@@ -78,6 +82,7 @@ class Job:
     def __init__(self, group: str, request: TrainRequest, config: Any):
         self.id = uuid.uuid4().hex[:12]
         self.group, self.request, self.config = group, request, config
+        self.claim: Optional[str] = None  # set by the queue: the output this job reserves
         self.control = TrainControl()
         self._lock = threading.Lock()
         self._state = JobState.QUEUED
@@ -149,6 +154,10 @@ class Runner(Protocol):
         """Run one job to the end; returns DONE or STOPPED (raising means FAILED)."""
         ...
 
+    def claim(self, config: Any) -> str:
+        """The output a prepared run writes (its path): no two unfinished jobs may hold the same one."""
+        ...
+
 
 class JobQueue:
     """Runs submitted jobs one after another on one worker thread (started on the first submission)."""
@@ -161,7 +170,8 @@ class JobQueue:
         self._worker: Optional[threading.Thread] = None
 
     def submit(self, request: TrainRequest) -> list[str]:
-        """Expand the sweeps, prepare every run (all or nothing), queue them; returns their ids in run order."""
+        """Expand the sweeps, prepare every run (all or nothing), queue them; returns their ids in run order.
+        An output a queued or running job will write is refused here, not after training for hours."""
         group = uuid.uuid4().hex[:8]
         runs = [Job(group, run, self.runner.prepare(run)) for run in expand_sweeps(request)]
         names = [job.request.name for job in runs]
@@ -169,10 +179,20 @@ class JobQueue:
             raise CopyLoraError(f"the sweep gives two runs the same name ({names}); make the swept values differ")
         with self._lock:
             for job in runs:
+                job.claim = self.runner.claim(job.config)
+                holder = self._holder(job.claim)
+                if holder is not None:
+                    raise OutputTaken(f"{job.request.name}: job {holder.id} ({holder.state.value}) already writes "
+                                      "this output; wait for it to end or choose another name")
+            for job in runs:
                 self._jobs[job.id] = job
                 self._pending.put(job)
             self._start_worker()
         return [job.id for job in runs]
+
+    def _holder(self, claim: str) -> Optional[Job]:
+        """The unfinished job holding `claim`: a job releases its output by ending, however it ends."""
+        return next((j for j in self._jobs.values() if j.claim == claim and not j.state.finished), None)
 
     def _start_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():

@@ -13,6 +13,11 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from ..core.errors import CopyLoraError
 
 LORA_SUFFIXES = (".safetensors",)
+# Most file systems hold at most 255 bytes in one file or folder name; a longer one fails deep inside a job with
+# ENAMETOOLONG, so names are measured here, where they arrive.
+NAME_MAX_BYTES = 255
+# Files are written atomically through `.NAME.XXXXXXXX.tmp` beside the target: 14 bytes more than the name.
+TEMPORARY_RESERVE = 14
 
 
 class UnsafePath(CopyLoraError):
@@ -32,7 +37,20 @@ def _check_name(name: str, what: str) -> PurePosixPath:
         raise UnsafePath(f"{what}: {name!r} contains '..'; give a name inside its folder")
     if not relative.parts or relative.parts == (".",):
         raise UnsafePath(f"{what}: {name!r} names the folder itself, not something inside it")
+    for part in relative.parts:
+        check_file_name(part, what)
     return relative
+
+
+def check_file_name(name: str, what: str, reserve: int = 0) -> None:
+    """Refuse a file or folder name with a control character (they break listings, logs and some file systems)
+    or one the file system cannot hold (`reserve`: bytes the caller appends to it later)."""
+    bad = next((c for c in name if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise UnsafePath(f"{what}: the name contains the control character U+{ord(bad):04X}")
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size + reserve > NAME_MAX_BYTES:
+        raise UnsafePath(f"{what}: a name of {size} bytes is too long (at most {NAME_MAX_BYTES - reserve} bytes)")
 
 
 def resolve_inside(root: Path, name: str, what: str = "path", must_exist: bool = False) -> Path:
@@ -52,8 +70,11 @@ def resolve_inside(root: Path, name: str, what: str = "path", must_exist: bool =
 def lora_file_inside(root: Path, name: str, what: str = "LoRA", must_exist: bool = False) -> Path:
     """A LoRA file in the Lora folder: `name`, `name.safetensors` or `sub/name`; the suffix is added if missing."""
     relative = _check_name(name, what)
+    file_name = relative.name
     if relative.suffix.lower() not in LORA_SUFFIXES:
-        name = f"{name}.safetensors"
+        name, file_name = f"{name}.safetensors", f"{file_name}.safetensors"
+    # an output's temporary file must fit too
+    check_file_name(file_name, what, reserve=0 if must_exist else TEMPORARY_RESERVE)
     path = resolve_inside(root, name, what, must_exist=False)
     if must_exist and not path.is_file():
         raise UnsafePath(f"{what}: no LoRA file {relative} in the Lora folder")

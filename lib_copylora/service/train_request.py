@@ -13,8 +13,10 @@ Pure: no WebUI import.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import itertools
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -23,11 +25,12 @@ from typing import Any, Mapping, NamedTuple, Optional
 
 import torch
 
-from ..train.config import (LoopConfig, LossConfig, NetworkConfig, OptimConfig, OutputConfig, Precision,
+from ..core.errors import OutputExists
+from ..train.config import (LoopConfig, LossConfig, NetworkConfig, OptimConfig, OutputConfig, Precision, Route,
                             RouteConfig, SampleConfig, TrainConfig)
 from ..train.data_config import DatasetConfig
 from ..train.errors import TrainConfigError
-from .safe_paths import resolve_inside
+from .safe_paths import check_file_name, resolve_inside
 
 SECTIONS: dict[str, type] = {"network": NetworkConfig, "optim": OptimConfig, "loop": LoopConfig,
                              "loss": LossConfig, "sample": SampleConfig, "output": OutputConfig,
@@ -45,6 +48,12 @@ SWEEPABLE: dict[tuple[str, str], str] = {
 SERVER_FIELDS = {("output", "output_dir"), ("output", "output_name"), ("dataset", "data_dir"),
                  ("dataset", "reg_dir")}
 AUTO_PRECISION = "auto"
+# Every run of a sweep is prepared (its configs built, its folders checked) before any is queued: a thousand-by-
+# thousand sweep would hold the server for minutes, and no one means to queue more than a few hundred runs.
+MAX_SWEEP_RUNS = 256
+# Bytes a run appends to its name in the files it writes (`_A-step00000000.safetensors`, a resume state's
+# `.A.trainstate`, the temporary file beside each).
+OUTPUT_NAME_RESERVE = 48
 
 
 class Folders(NamedTuple):
@@ -88,21 +97,42 @@ class TrainRequest:
                           default_factory=dict)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.type == "str" and not isinstance(getattr(self, f.name), str):
+                raise TrainConfigError(f"{f.name} must be a string, not {type(getattr(self, f.name)).__name__}")
         for section in SECTIONS:
-            values = getattr(self, section)
-            if not isinstance(values, Mapping):
-                raise TrainConfigError(f"{section} must be an object of settings, not {type(values).__name__}")
-            known = {f.name for f in dataclasses.fields(SECTIONS[section])}
-            unknown = sorted(set(values) - known)
-            if unknown:
-                raise TrainConfigError(f"{section}: unknown setting(s) {', '.join(unknown)}; known: "
-                                       f"{', '.join(sorted(known))}")
-            fixed = sorted(k for k in values if (section, k) in SERVER_FIELDS)
-            if fixed:
-                raise TrainConfigError(f"{section}.{fixed[0]} is set by the server; use name, dataset_a/dataset_b "
-                                       "and subfolder instead")
+            check_section(section, getattr(self, section))
         if not self.name or not self.dataset_a:
             raise TrainConfigError("a training request needs a name and dataset_a")
+
+
+def unknown_fields(what: str, unknown: typing.Iterable[str], known: typing.Iterable[str]) -> str:
+    """One line naming each unknown field with the closest known one: `unknown field max_step (did you mean
+    max_steps?)`. Typos must not be dropped silently: a dropped `max_step` trains the default 4,000 steps."""
+    known = sorted(known)
+    described = []
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        described.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    plural = "s" if len(described) > 1 else ""
+    return f"{what}: unknown field{plural} {', '.join(described)}; known: {', '.join(known)}"
+
+
+def check_section(section: str, values: Any) -> None:
+    """A section's settings must be an object of the dataclass's field names, none of them set by the server."""
+    if not isinstance(values, Mapping):
+        raise TrainConfigError(f"{section} must be an object of settings, not {type(values).__name__}")
+    bad_keys = [k for k in values if not isinstance(k, str)]
+    if bad_keys:
+        raise TrainConfigError(f"{section}: setting names must be strings, not {bad_keys[0]!r}")
+    known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+    unknown = set(values) - known
+    if unknown:
+        raise TrainConfigError(unknown_fields(section, unknown, known - {k for s, k in SERVER_FIELDS if s == section}))
+    fixed = sorted(k for k in values if (section, k) in SERVER_FIELDS)
+    if fixed:
+        raise TrainConfigError(f"{section}.{fixed[0]} is set by the server; use name, dataset_a/dataset_b "
+                               "and subfolder instead")
 
 
 def split_list(value: Any) -> list[Any]:
@@ -133,6 +163,10 @@ def expand_sweeps(request: TrainRequest) -> list[TrainRequest]:
                 axes.append((section, name, items))
     if not axes:
         return [request]
+    count = math.prod(len(items) for _, _, items in axes)
+    if count > MAX_SWEEP_RUNS:
+        raise TrainConfigError(f"the sweep makes {count} runs ({' × '.join(str(len(i)) for _, _, i in axes)}); at "
+                               f"most {MAX_SWEEP_RUNS} can be queued at once")
     runs = []
     for combination in itertools.product(*(items for _, _, items in axes)):
         sections = {s: dict(getattr(request, s)) for s in SECTIONS}
@@ -145,7 +179,8 @@ def expand_sweeps(request: TrainRequest) -> list[TrainRequest]:
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """A JSON/gradio value as the dataclass field's type (strings from comma lists and text boxes included)."""
+    """A JSON/gradio value as the dataclass field's type (strings from comma lists and text boxes included).
+    Anything else is refused here, naming the field, rather than failing deeper with a TypeError."""
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if origin is typing.Union:
@@ -153,27 +188,63 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return None
         return _coerce(value, args[0], where)
     try:
-        if hint is bool:
-            if isinstance(value, str):
-                if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.strip().lower() in ("true", "1", "yes")
-            return bool(value)
-        if hint is int:
-            if isinstance(value, float) and not value.is_integer():
+        return _coerce_plain(value, hint, origin, args, where)
+    except (TypeError, ValueError, OverflowError):
+        raise TrainConfigError(f"{where}: {value!r} is not a valid {_type_name(hint)}") from None
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return "list"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return f"choice ({', '.join(str(k.value) for k in hint)})"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce_plain(value: Any, hint: Any, origin: Any, args: list, where: str) -> Any:
+    if value is None or (isinstance(value, (dict, list, tuple)) and origin is not tuple):
+        raise TypeError(value)
+    if hint is bool:
+        if isinstance(value, str):
+            if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) and "." in value else int(value)
-        if hint is float:
-            return float(value)
-        if origin is tuple:
-            return tuple(split_list(value)) if isinstance(value, str) else tuple(value)
-    except (TypeError, ValueError):
-        raise TrainConfigError(f"{where}: {value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
-    return value.strip() if isinstance(value, str) and isinstance(hint, type) and issubclass(hint, enum.Enum) \
-        else value
+            return value.strip().lower() in ("true", "1", "yes")
+        if isinstance(value, bool) or value in (0, 1):
+            return bool(value)
+        raise ValueError(value)
+    if isinstance(value, bool):  # JSON true is not a number
+        raise TypeError(value)
+    if hint is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        if isinstance(value, str) and not value.strip().lstrip("+-").isdigit():
+            number = float(value)  # "1e3" and "4.0" name integers too
+            if not number.is_integer():
+                raise ValueError(value)
+            return int(number)
+        return int(value)
+    if hint is float:
+        return float(value)
+    if origin is tuple:
+        items = split_list(value) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise TypeError(value)
+        element = args[0] if args else str
+        return tuple(_coerce(item, element, f"{where}[{i}]") for i, item in enumerate(items))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if not isinstance(value, (str, hint)):
+            raise TypeError(value)
+        return value.strip() if isinstance(value, str) else value
+    if hint is str or (isinstance(hint, type) and issubclass(hint, Path)):
+        if not isinstance(value, (str, int, float)):
+            raise TypeError(value)
+        return str(value)
+    return value
 
 
 def build_section(section: str, values: Mapping[str, Any], **server: Any) -> Any:
+    """One section's config object from request values; every bad key or value is a TrainConfigError naming it."""
+    check_section(section, values)
     cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
     kwargs = {name: _coerce(value, hints[name], f"{section}.{name}") for name, value in values.items()}
@@ -202,8 +273,9 @@ def to_train_config(request: TrainRequest, folders: Folders, model_dtype: torch.
     loop = dict(request.loop)
     if str(loop.get("precision", AUTO_PRECISION)).strip().lower() == AUTO_PRECISION:
         loop["precision"] = auto_precision(model_dtype)
-    routes = {"route": request.route, "keep_parts": request.keep_parts, "new_rank": request.new_rank}
-    two_sets = request.route != "single"
+    route = RouteConfig(route=request.route, keep_parts=request.keep_parts, new_rank=request.new_rank)
+    check_file_name(request.name.strip(), "name", reserve=OUTPUT_NAME_RESERVE)
+    two_sets = route.route is not Route.SINGLE
     if two_sets and not request.dataset_b:
         raise TrainConfigError(f"the {request.route} route needs dataset_b as well as dataset_a")
     return TrainConfig(
@@ -212,17 +284,29 @@ def to_train_config(request: TrainRequest, folders: Folders, model_dtype: torch.
         sample=build_section("sample", request.sample),
         output=build_section("output", {"overwrite": request.overwrite, **request.output},
                              output_dir=output_dir(request, folders), output_name=request.name),
-        route=RouteConfig(**routes),
+        route=route,
         dataset_a=_dataset(request, folders, request.dataset_a, request.reg_a, "dataset_a"),
         dataset_b=_dataset(request, folders, request.dataset_b, request.reg_b, "dataset_b") if two_sets else None)
 
 
+def prepare_run(request: TrainRequest, folders: Folders, model_dtype: torch.dtype) -> TrainConfig:
+    """Everything a run can be refused for before it is queued: the full config (each section's checks) and an
+    output that already exists (unless overwriting or resuming)."""
+    config = to_train_config(request, folders, model_dtype)
+    if config.output.path().exists() and not config.output.overwrite and not config.output.resume:
+        raise OutputExists(f"{config.output.path().name} already exists in the Lora folder; choose another name "
+                           "or ask to overwrite")
+    return config
+
+
 def request_from_dict(values: Mapping[str, Any]) -> TrainRequest:
-    """A TrainRequest from JSON-like data; unknown top-level keys are an error that lists the known ones."""
+    """A TrainRequest from JSON-like data; an unknown key is an error naming it and the closest known one."""
+    if not isinstance(values, Mapping):
+        raise TrainConfigError(f"a training request must be an object, not {type(values).__name__}")
     known = {f.name for f in dataclasses.fields(TrainRequest)}
-    unknown = sorted(set(values) - known)
+    unknown = set(values) - known
     if unknown:
-        raise TrainConfigError(f"unknown request field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    cleaned = {k: (dict(v) if k in SECTIONS and v is not None else v) for k, v in values.items()}
+        raise TrainConfigError(unknown_fields("request", unknown, known))
+    cleaned = {k: (dict(v) if k in SECTIONS and isinstance(v, Mapping) else v) for k, v in values.items()}
     cleaned = {k: v for k, v in cleaned.items() if not (k in SECTIONS and v is None)}
     return TrainRequest(**cleaned)

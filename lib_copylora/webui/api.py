@@ -1,25 +1,35 @@
 """CopyLoRA's HTTP API under /copylora/v1 (registered from on_app_started; see README.md, "The API").
 
-Bad requests and names that would leave the configured folders answer 400 with a one-line `detail`; unknown job
-ids 404. Request models are generated from the dataclasses the engine validates, so the two cannot drift apart.
+Every bad request answers a 4xx with a one-line `detail`: 400 for a request that cannot run (unknown fields
+included, named with the closest known one), 404 for an unknown job, 409 for an output a queued or running job
+already writes. Anything else is a bug: 500 with a short detail and one line in the console. Request models are
+generated from the dataclasses the engine validates, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import typing
-from typing import Any, Dict, List, Optional
+from typing import Any, Collection, Dict, List, Mapping, Optional
 
 from fastapi import FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, create_model
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.errors import CopyLoraError
-from ..service.jobs import JobStatus, UnknownJob
+from ..service.jobs import JobStatus, OutputTaken, UnknownJob
 from ..service.merge_run import MergeRequest
-from ..service.train_request import SECTIONS, TrainRequest, request_from_dict
+from ..service.train_request import SECTIONS, TrainRequest, request_from_dict, unknown_fields
 from . import compat, patching
 
 PREFIX = "/copylora/v1"
+log = logging.getLogger("copylora")
+StrictModel = compat.strict_model_base()
 
 
 def _model_from_dataclass(cls, name: str, loose: tuple[str, ...] = ()) -> type[BaseModel]:
@@ -36,7 +46,7 @@ def _model_from_dataclass(cls, name: str, loose: tuple[str, ...] = ()) -> type[B
         else:
             default = ...
         fields[f.name] = (hint, Field(default, description=f.metadata.get("help", "")))
-    return create_model(name, **fields)
+    return create_model(name, __base__=StrictModel, **fields)
 
 
 TrainRequestModel = _model_from_dataclass(TrainRequest, "CopyLoraTrainRequest",
@@ -44,15 +54,15 @@ TrainRequestModel = _model_from_dataclass(TrainRequest, "CopyLoraTrainRequest",
 MergeRequestModel = _model_from_dataclass(MergeRequest, "CopyLoraMergeRequest")
 
 
-class StopRequest(BaseModel):
+class StopRequest(StrictModel):  # type: ignore[valid-type,misc]
     save: bool = Field(False, description="write the LoRA trained so far (and a resume state) before stopping")
 
 
-class PresetValues(BaseModel):
+class PresetValues(StrictModel):  # type: ignore[valid-type,misc]
     values: List[float] = Field(..., description="block weights (17/26 for SD1/SD2, 12/20 for SDXL)")
 
 
-class ScanRequest(BaseModel):
+class ScanRequest(StrictModel):  # type: ignore[valid-type,misc]
     dataset: str = Field(..., description="a folder inside the datasets folder")
     settings: Dict[str, Any] = Field(default_factory=dict, description="DatasetConfig fields (resolution, ...)")
 
@@ -93,8 +103,73 @@ def _call(function, *args):
         return function(*args)
     except UnknownJob as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
+    except OutputTaken as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
     except CopyLoraError as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
+
+
+def _internal_error(request, exc: Exception) -> JSONResponse:
+    """A bug, not a bad request: one line in the console saying where, a short 500 for the client (the WebUI's
+    own handler would print a whole stack)."""
+    log.error("CopyLoRA API: internal error in %s %s: %s: %s (at %s)", request.method, request.url.path,
+              type(exc).__name__, _one_line(exc), _innermost_frame(exc))
+    return JSONResponse(status_code=500, content={"detail": f"CopyLoRA internal error ({type(exc).__name__}); "
+                                                            "the server console says where"})
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _innermost_frame(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+
+
+def describe_invalid(errors: list[dict], known: Collection[str]) -> str:
+    """pydantic's validation errors (either major version) as one line; unknown fields name the closest known
+    one."""
+    unknown, problems = [], []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+        if error.get("type") in compat.EXTRA_FIELD_ERRORS and len(loc) == 1:
+            unknown.append(loc[0])
+        elif "json" in str(error.get("type", "")):  # json_invalid (pydantic 2), value_error.jsondecode (1)
+            reason = (error.get("ctx") or {}).get("error") or error.get("msg", "")
+            problems.append(f"the body is not valid JSON: {_one_line(reason, 120)}")
+        else:
+            problems.append(f"{'.'.join(loc) or 'body'}: {_one_line(error.get('msg', 'invalid'), 120)}")
+    parts = [unknown_fields("request", unknown, known)] if unknown else []
+    parts += problems[:3] + ([f"and {len(problems) - 3} more"] if len(problems) > 3 else [])
+    return "; ".join(parts)
+
+
+def _strict_route(known_fields: Mapping[str, Collection[str]]) -> type[APIRoute]:
+    """Our routes answer a request the body model refuses with 400 and one line, not FastAPI's 422 list, and a
+    bug with `_internal_error` (the WebUI's own routes and handlers stay as they are)."""
+
+    class CopyLoraRoute(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+            known = known_fields.get(self.path, ())
+
+            async def answer(request):
+                try:
+                    return await handler(request)
+                except RequestValidationError as exc:
+                    return JSONResponse(status_code=400, content={"detail": describe_invalid(exc.errors(), known)})
+                except StarletteHTTPException:
+                    raise
+                except Exception as exc:  # the API's last line of defence: report the bug, keep answering
+                    return _internal_error(request, exc)
+
+            return answer
+
+    return CopyLoraRoute
 
 
 def _drop_old_routes(app: FastAPI) -> None:
@@ -159,7 +234,12 @@ def register_routes(app: FastAPI, service) -> None:
     def model_hash() -> dict:
         return _call(service.model_hash)
 
-    route = app.add_api_route
+    known = {f"{PREFIX}/train": compat.model_field_names(TrainRequestModel),
+             f"{PREFIX}/merge": compat.model_field_names(MergeRequestModel),
+             f"{PREFIX}/jobs/{{job_id}}/stop": compat.model_field_names(StopRequest),
+             f"{PREFIX}/presets/{{name}}": compat.model_field_names(PresetValues),
+             f"{PREFIX}/datasets/scan": compat.model_field_names(ScanRequest)}
+    route = functools.partial(app.router.add_api_route, route_class_override=_strict_route(known))
     route(f"{PREFIX}/train", submit, methods=["POST"], response_model=SubmitResponse)
     route(f"{PREFIX}/jobs", jobs, methods=["GET"], response_model=List[JobModel])
     route(f"{PREFIX}/jobs/{{job_id}}", job, methods=["GET"], response_model=JobModel)

@@ -54,6 +54,34 @@ def request_values(body: Any) -> dict:
     return body.model_dump() if hasattr(body, "model_dump") else body.dict()
 
 
+def pydantic_major() -> int:
+    """A1111 v1.10.1 runs pydantic 1.x (with fastapi 0.94); Forge and newer hosts run pydantic 2."""
+    import pydantic
+
+    return int(str(pydantic.VERSION).split(".")[0])
+
+
+def strict_model_base():
+    """A pydantic BaseModel subclass that refuses unknown fields, for either pydantic major version: a dropped
+    field (`max_step` for `max_steps`) would silently run with the default instead."""
+    from pydantic import BaseModel
+
+    if pydantic_major() >= 2:
+        from pydantic import ConfigDict
+
+        return type("StrictModel", (BaseModel,), {"model_config": ConfigDict(extra="forbid"), "__module__": __name__})
+    config = type("Config", (), {"extra": "forbid"})
+    return type("StrictModel", (BaseModel,), {"Config": config, "__module__": __name__})
+
+
+def model_field_names(model_class) -> list[str]:
+    fields = model_class.model_fields if pydantic_major() >= 2 else model_class.__fields__
+    return list(fields)
+
+
+EXTRA_FIELD_ERRORS = ("extra_forbidden", "value_error.extra")  # the error type of an unknown field: pydantic 2, 1
+
+
 def builtin_lora() -> Optional[ModuleType]:
     """The built-in Lora extension's `networks` module, once its script has imported it (A1111 layout)."""
     module = sys.modules.get("networks")

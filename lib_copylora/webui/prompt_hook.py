@@ -1,6 +1,7 @@
 """The alwayson script's work for `<lora:name:w:blocks>` prompts (docs/architecture.md §7).
 
-process() / before_process_batch(): rewrite our forms into `lbw=` before the built-in parser sees them.
+process() / before_process_batch(): rewrite our forms into `lbw=` before the built-in parser sees them, and repair
+(or leave out) any LoRA tag that parser could not read: one such tag would otherwise drop every LoRA.
 after_extra_networks_activate(): scale the loaded networks per block, report problems in the generation's comment
 and the console, and record the weights in the infotext.
 """
@@ -44,12 +45,14 @@ class PresetCache:
 
 
 def _rewrite_list(prompts, warnings: list[str]) -> None:
+    """Rewrite in place (the WebUI reads these very lists); a tag repeated in every prompt of a batch is
+    reported once."""
     if not prompts:
         return
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, str):
             prompts[i], found = lora_tags.rewrite_prompt(prompt)
-            warnings.extend(found)
+            warnings.extend(w for w in found if w not in warnings)
 
 
 def specs_from(extra_network_data) -> dict[str, str]:

@@ -24,7 +24,7 @@ from .host import WebUIHost, clip_skip_option
 from ..service.jobs import Job, JobState
 from .model_state import prepared_model
 from ..service.safe_paths import relative_name
-from ..service.train_request import Folders, TrainRequest, to_train_config
+from ..service.train_request import Folders, TrainRequest, prepare_run
 
 log = logging.getLogger("copylora")
 JOB_NAME = "copylora-train"
@@ -62,12 +62,11 @@ class WebUIRunner:
         request = with_setting_defaults(request)
         compat.model_family(shared.sd_model)  # an SD3 or Flux checkpoint: refused at submit, in one line
         dtype = next(shared.sd_model.model.diffusion_model.parameters()).dtype
-        config = to_train_config(request, self.folders(), dtype)
-        if config.output.path().exists() and not config.output.overwrite and not config.output.resume:
-            from ..core.errors import OutputExists
-            raise OutputExists(f"{config.output.path().name} already exists in the Lora folder; choose another "
-                               "name or ask to overwrite")
-        return config
+        return prepare_run(request, self.folders(), dtype)
+
+    @staticmethod
+    def claim(config: TrainConfig) -> str:
+        return str(config.output.path())
 
     def run(self, job: Job) -> JobState:
         from modules import call_queue, shared
