@@ -115,6 +115,22 @@ def exclusive_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtestloop(session):
+    """Take the shared cache's lock before the first test, not inside it: a run that waits its turn behind
+    another must not spend its tests' time limits (pytest-timeout counts fixture set-up) while waiting."""
+    settings = WebuiSettings.from_env()
+    wanted = settings.configured and not settings.url and not session.config.option.collectonly and any(
+        item.get_closest_marker(m) for item in session.items for m in TIER_MARKERS)
+    if not wanted:
+        yield
+        return
+    lock = settings.cache_dir / "webui.lock"
+    print(f"\nwebui tier: waiting for {lock} (one WebUI server at a time)", flush=True)
+    with exclusive_lock(lock):
+        yield
+
+
 @pytest.fixture(scope="session")
 def webui_settings() -> WebuiSettings:
     settings = WebuiSettings.from_env()
@@ -148,12 +164,12 @@ def webui(request, webui_settings, webui_fixtures):
         checkpoint=webui_fixtures.checkpoint, lora_dir=webui_fixtures.lora_dir, hf_home=webui_fixtures.hf_home,
         log_dir=webui_settings.cache_dir / "logs"))
     request.config.stash[SERVER_KEY] = server
-    with exclusive_lock(webui_settings.cache_dir / "webui.lock"):
-        install_extension(data_dir / "extensions", REPO_ROOT)
-        try:
-            yield WebuiClient(server.start(), server=server)
-        finally:
-            server.stop()
+    # the cache's lock is already held: pytest_runtestloop takes it before the first test (see there)
+    install_extension(data_dir / "extensions", REPO_ROOT)
+    try:
+        yield WebuiClient(server.start(), server=server)
+    finally:
+        server.stop()
 
 
 # The WebUI's own config for SD2-768-v, inside its tree; the fixture copies it beside the random SD2 checkpoint.
