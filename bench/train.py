@@ -85,6 +85,8 @@ def measure(variant: str, args, host, dataset, folder: Path) -> dict:
 
 def run_child(args) -> None:
     """One variant (or, with --table-child, one model and precision of the table); prints JSON lines."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.read_loss_every:
         train_setup.READ_LOSS_EVERY = args.read_loss_every
     if args.compile_backend:
@@ -231,6 +233,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--read-loss-every", type=int, default=None,
                         help="the fastest variant reads its loss every n steps (default 10; --smoke: 2)")
     parser.add_argument("--batches", default="1,8", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads (1 steadies --profile "
+                        "on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--table-child", action="store_true", help=argparse.SUPPRESS)

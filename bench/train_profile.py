@@ -1,7 +1,7 @@
 """`bench/train.py --profile`: where a step's time goes, ours against plain, under torch.profiler.
 
 Each variant runs in its own process; the profiler records `--profile` steps after the warm-up, one profiler step
-per optimizer step. Per step it reports the process's CPU time (all threads), wall time, aten calls (every
+per optimizer step. Per step it reports the process's CPU time (all threads; the median step), wall time, aten calls (every
 aten:: op, nested ones included: what dispatch costs), and on CUDA the kernel launches; then the ops whose calls
 per step differ most between the variants, and the ops costing each variant the most self CPU time.
 """
@@ -35,9 +35,12 @@ def profile_steps(run, device: torch.device, warmup: int, active: int) -> dict:
         prof.stop()
     if len(marks) < warmup + active:
         raise SystemExit(f"only {len(marks)} steps ran; --steps must be at least warm-up + --profile")
-    first, last = marks[warmup - 1], marks[warmup + active - 1]
+    timed = marks[warmup - 1:warmup + active]
+    cpu = sorted(b[0] - a[0] for a, b in zip(timed, timed[1:]))
+    wall = sorted(b[1] - a[1] for a, b in zip(timed, timed[1:]))
     ops = {e.key: [e.count / active, e.self_cpu_time_total / active / 1000] for e in prof.key_averages()}
-    return {"cpu_ms": (last[0] - first[0]) / active * 1000, "wall_ms": (last[1] - first[1]) / active * 1000,
+    # medians: on a shared machine a neighbour's burst lands on one step, not on all of them
+    return {"cpu_ms": cpu[len(cpu) // 2] * 1000, "wall_ms": wall[len(wall) // 2] * 1000,
             "aten_calls": sum(v[0] for k, v in ops.items() if k.startswith("aten::")),
             "launches": sum(ops.get(k, [0, 0])[0] for k in LAUNCHES) if device.type == "cuda" else None,
             "ops": ops}
