@@ -166,3 +166,15 @@ def test_speed_is_not_part_of_the_resume_fingerprint(tmp_path):
     a = _config(tmp_path, SpeedConfig())
     b = _config(tmp_path, SpeedConfig(fused_lowrank=False, compile="blocks", read_loss_every=5))
     assert training_recipe(a, {"single": 1}) == training_recipe(b, {"single": 1})
+
+
+def test_the_cli_turns_speed_flags_into_the_speed_config(tmp_path, capsys):
+    from lib_copylora.cli import build_parser, main
+    from lib_copylora.commands.train import build_train_config
+
+    args = build_parser().parse_args(["train", "--model", "m", "--data", str(tmp_path), "--no-fused_lowrank",
+                                      "--compile", "blocks", "--read_loss_every", "5"])
+    speed = build_train_config(args, tmp_path).speed
+    assert speed == SpeedConfig(fused_lowrank=False, compile="blocks", read_loss_every=5)
+    assert main(["train", "--model", "m", "--data", str(tmp_path), "--read_loss_every", "0"]) == 2
+    assert "read_loss_every must be > 0, not 0" in capsys.readouterr().err

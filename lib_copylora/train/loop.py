@@ -166,7 +166,8 @@ class _Phase:
 
     def batch_loss(self, batch) -> torch.Tensor:
         host, cfg = self.host, self.cfg
-        latents = batch.latents.to(device=host.device, dtype=torch.float32)
+        # non_blocking: without it every host-to-GPU copy waits for the GPU to finish all queued work
+        latents = batch.latents.to(device=host.device, dtype=torch.float32, non_blocking=True)
         self.latent_shape = tuple(latents.shape[1:])
         abar = self.schedule.alphas_cumprod
         noise = sample_noise(latents, self.generator, cfg.loss.noise_offset)
@@ -176,7 +177,7 @@ class _Phase:
             cond = self.encode(list(batch.captions))
             prediction = host.predict_noise(noisy.to(host.dtype), timesteps, cond)
         target = training_target(latents, noise, timesteps, abar, self.schedule.prediction)
-        weights = batch.loss_weights.to(device=host.device, dtype=torch.float32)
+        weights = batch.loss_weights.to(device=host.device, dtype=torch.float32, non_blocking=True)
         if cfg.loss.min_snr_gamma is not None:
             weights = weights * min_snr_weights(timesteps, abar, cfg.loss.min_snr_gamma, self.schedule.prediction)
         return diffusion_loss(prediction, target, weights)
