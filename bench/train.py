@@ -113,6 +113,8 @@ def run_child(args) -> None:
                     result = {"variant": variant, **profile_steps(run, host.device, args.warmup, args.profile)}
                 else:
                     result = measure(variant, args, host, dataset, Path(tmp))
+                if variant == "lowmem":  # says whether 8-bit AdamW was there (bitsandbytes) or plain AdamW ran
+                    result["variant"] = f"lowmem-{train_setup.lowmem_optimizer()}"
                 result.update(size=args.size, precision=args.precision, rss_before_mb=before,
                               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
                 print(json.dumps(result), flush=True)
