@@ -1,16 +1,18 @@
 """Benchmark of our trainer against a plain hand-written LoRA training loop, on the same model, data and settings.
 
 Run from the repository root:
-    python bench/train.py                                           # CPU, the tiny SD1-shaped model
-    python bench/train.py --device cuda --size sd15 --resolution 512  # a GPU, an SD1.5-sized model (random weights)
+    python bench/train.py                                    # CPU, the tiny SD1-shaped model: plain vs ours
+    python bench/train.py --size sd15 --resolution 64 --batch 1     # CPU, SD1.5's architecture (random weights)
+    python bench/train.py --profile 4 --size sd15 --resolution 64 --batch 1   # where a step's time goes
+    python bench/train.py --device cuda --size sd15 --resolution 512          # a GPU
+    python bench/train.py --gpu-table                         # the whole GPU table in one call (bench/gpu_table.sh)
+    python bench/train.py --gpu-table --smoke                 # the same code path on the CPU with tiny models
 
-Both variants train kohya's default LoRA targets (the 192 attention/feed-forward/projection modules of an SD1 UNet)
-with AdamW, the same rank, learning rate, batch, resolution, mixed precision and gradient clipping, on latents
-cached by the same dataset. "ours" runs the full route (`train.routes.train`: lycoris modules on forward hooks,
-dataset batches, callbacks, metadata and saving at the end); "plain" replaces each target with an nn.Linear /
-1×1-conv LoRA wrapper and runs the textbook loop. Each variant runs in its own child process so that its peak
-memory is its own; steps/s is timed between steps `--warmup` and `--steps`. Targets: ours ≥ 0.95 × plain in
-steps/s, and peak memory within 10 %.
+The variants are described in `bench/train_setup.py` (plain, lycoris, ours, fastest, lowmem). Outside the table,
+each variant runs in its own child process, so that its peak memory is its own; steps/s is timed between steps
+`--warmup` and `--steps`. Targets: ours ≥ 0.95 × plain in steps/s, peak memory within 10 %. In the table, one
+child per (model, precision) builds the model once and runs every batch size and variant on it in turn (CUDA peak
+reset before each), so the whole table fits one device call; `--budget-s` stops starting new children in time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import gc
 import json
 import resource
 import subprocess
@@ -31,37 +34,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lib_copylora.core.family import Family  # noqa: E402
-from lib_copylora.hosts.diffusers_host import DiffusersHost  # noqa: E402
-from lib_copylora.hosts.full_size import sd15_pipeline  # noqa: E402
-from lib_copylora.hosts.tiny import build_tiny_pipeline, write_ab_sets  # noqa: E402
-from lib_copylora.train.host import Component  # noqa: E402
+from lib_copylora.hosts.full_size import sd15_pipeline  # noqa: E402,F401  (bench/webui_train.py uses it)
+import train_setup  # noqa: E402
+from train_setup import (PRECISIONS, VARIANTS, make_dataset, make_host, now, run_ours,  # noqa: E402
+                         run_plain)
 
 TARGET_SPEED = 0.95
 TARGET_MEMORY = 1.10
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def make_host(args) -> DiffusersHost:
-    pipe = sd15_pipeline(args.seed) if args.size == "sd15" else build_tiny_pipeline(Family.SD1, args.seed)
-    weights = PRECISIONS[args.precision] if args.device.startswith("cuda") else torch.float32
-    pipe.unet.to(weights)
-    pipe.text_encoder.to(weights)
-    return DiffusersHost.from_pipeline(pipe).to(args.device)
-
-
-def make_dataset(args, host, folder: Path):
-    from lib_copylora.train.data_config import DatasetConfig
-    from lib_copylora.train.dataset import ImageDataset
-
-    data_a, _ = write_ab_sets(folder, count=4, size=(args.resolution, args.resolution), repeats=args.steps)
-    config = DatasetConfig(data_dir=data_a, resolution=str(args.resolution),
-                           min_bucket_reso=min(256, args.resolution), max_bucket_reso=max(1024, args.resolution),
-                           batch_size=args.batch, seed=args.seed)
-    dataset = ImageDataset(config)
-    dataset.cache_latents(host)
-    return dataset
+TABLE_CASES = {"sd15": 512, "sdxl": 1024}  # model → resolution of the GPU table
+SMOKE_CASES = {"tiny": 64, "tiny-sdxl": 64}
 
 
 def _rss_mb() -> float:
@@ -72,160 +55,214 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def run_ours(args, host, dataset, folder: Path, stamps: list[float]) -> None:
-    from lib_copylora.train.callbacks import Callbacks
-    from lib_copylora.train.config import (LoopConfig, NetworkConfig, OptimConfig, OutputConfig, TrainConfig)
-    from lib_copylora.train.routes import train
-
-    config = TrainConfig(
-        network=NetworkConfig(rank=args.rank, alpha=float(args.rank)), optim=OptimConfig(learning_rate=1e-4),
-        loop=LoopConfig(max_steps=args.steps, precision=args.precision, seed=args.seed),
-        output=OutputConfig(output_dir=folder / "out", output_name="bench"), dataset_a=dataset.config)
-    train(host, config, dataset, callbacks=Callbacks(on_step=lambda *_: stamps.append(_now(host))))
+def train_variant(variant: str, args, host, dataset, folder: Path, tick) -> None:
+    if variant == "plain":
+        run_plain(args, host, dataset, tick)
+    else:
+        run_ours(variant, args, host, dataset, folder, tick, log=lambda text: print(text, file=sys.stderr))
 
 
-class PlainLoRA(torch.nn.Module):
-    """The textbook wrapper: base(x) + scale · up(down(x)), up starting at zero."""
-
-    def __init__(self, base: torch.nn.Module, rank: int, alpha: float):
-        super().__init__()
-        self.base, self.scale = base, alpha / rank
-        if isinstance(base, torch.nn.Linear):
-            self.down = torch.nn.Linear(base.in_features, rank, bias=False)
-            self.up = torch.nn.Linear(rank, base.out_features, bias=False)
-        else:  # 1×1 conv projections of SD1's transformer blocks
-            self.down = torch.nn.Conv2d(base.in_channels, rank, 1, bias=False)
-            self.up = torch.nn.Conv2d(rank, base.out_channels, 1, bias=False)
-        torch.nn.init.kaiming_uniform_(self.down.weight, a=5 ** 0.5)
-        torch.nn.init.zeros_(self.up.weight)
-        device = base.weight.device
-        self.down.to(device)
-        self.up.to(device)
-
-    def forward(self, x):
-        return self.base(x) + self.up(self.down(x)) * self.scale
-
-
-def _swap(root: torch.nn.Module, module: torch.nn.Module, replacement: torch.nn.Module) -> None:
-    for parent in root.modules():
-        for name, child in parent.named_children():
-            if child is module:
-                setattr(parent, name, replacement)
-                return
-    raise LookupError("target not found")
-
-
-def run_plain(args, host, dataset, stamps: list[float]) -> None:
-    targets = [t for t in host.target_modules({Component.UNET}) if not t.conv_block]
-    wrappers = []
-    for target in targets:
-        wrapper = PlainLoRA(target.module, args.rank, float(args.rank))
-        _swap(host.unet, target.module, wrapper)
-        wrappers.append(wrapper)
-    params = [p for w in wrappers for p in (w.down.weight, w.up.weight)]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-    abar = host.noise_schedule().alphas_cumprod
-    generator = torch.Generator(device=host.device).manual_seed(args.seed)
-    dtype = PRECISIONS[args.precision]
-    with torch.no_grad():
-        cond = host.encode_prompts([""] * args.batch)
-    step, epoch = 0, 0
-    while step < args.steps:
-        for batch in dataset.batches(host, epoch):
-            latents = batch.latents.to(host.device, torch.float32)
-            noise = torch.randn(latents.shape, generator=generator, device=host.device)
-            t = torch.randint(0, len(abar), (latents.shape[0],), generator=generator, device=host.device)
-            a = abar[t].view(-1, 1, 1, 1)
-            noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-            with torch.autocast(host.device.type, dtype=dtype, enabled=args.precision != "fp32"):
-                pred = host.unet(noisy.to(host.dtype), t, encoder_hidden_states=cond).sample
-            loss = torch.nn.functional.mse_loss(pred.float(), noise)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss.item()  # ours reads the loss every step too (for the callback)
-            step += 1
-            stamps.append(_now(host))
-            if step >= args.steps:
-                break
-        epoch += 1
-
-
-def _now(host) -> float:
+def measure(variant: str, args, host, dataset, folder: Path) -> dict:
+    """Steps/s between steps `warmup` and `steps`, and the CUDA peak (reset first)."""
     if host.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
-def run_variant(args) -> dict:
-    torch.manual_seed(args.seed)
-    host = make_host(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        dataset = make_dataset(args, host, Path(tmp) / "data")
-        if host.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        before = _rss_mb()
-        stamps: list[float] = []
-        if args.variant == "ours":
-            run_ours(args, host, dataset, Path(tmp), stamps)
-        else:
-            run_plain(args, host, dataset, stamps)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    timed = stamps[args.warmup - 1:]
-    result = {"variant": args.variant, "steps_per_s": (len(timed) - 1) / (timed[-1] - timed[0]),
-              "rss_before_mb": before, "peak_rss_mb": peak}
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    stamps: list[tuple[int, float]] = []
+    try:
+        train_variant(variant, args, host, dataset, folder, lambda step: stamps.append((step, now(host.device))))
+    except torch.cuda.OutOfMemoryError:
+        return {"variant": variant, "batch": args.batch, "error": "out of memory"}
+    # A variant reading its loss every n steps reports n steps at once, when the n-th is done: time those.
+    every = train_setup.READ_LOSS_EVERY if variant == "fastest" else 1
+    timed = [(step, t) for step, t in stamps if step >= args.warmup and (step % every == 0 or step == args.steps)]
+    rate = (timed[-1][0] - timed[0][0]) / (timed[-1][1] - timed[0][1])
+    result = {"variant": variant, "batch": args.batch, "steps_per_s": rate, "images_per_s": rate * args.batch}
     if host.device.type == "cuda":
         result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     return result
 
 
-def _child(args, variant: str) -> dict:
-    command = [sys.executable, __file__, "--variant", variant] + [
-        f"--{k}={v}" for k, v in vars(args).items() if k != "variant" and v is not None]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+def run_child(args) -> None:
+    """One variant (or, with --table-child, one model and precision of the table); prints JSON lines."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.read_loss_every:
+        train_setup.READ_LOSS_EVERY = args.read_loss_every
+    if args.compile_backend:
+        from lib_copylora.train import speedups
+
+        speedups.COMPILE_BACKEND = args.compile_backend  # a bench-only switch: --smoke traces, inductor compiles
+    torch.manual_seed(args.seed)
+    host = make_host(args.size, args.precision, args.device, args.seed)
+    batches = [int(b) for b in args.batches.split(",")] if args.table_child else [args.batch]
+    variants = args.variants.split(",")
+    for batch in batches:
+        args.batch = batch
+        with tempfile.TemporaryDirectory() as tmp:
+            dataset = make_dataset(host, Path(tmp) / "data", args.resolution, batch, args.steps, args.seed)
+            before = _rss_mb()
+            for variant in variants:
+                if variant == "lowmem" and batch != batches[0]:
+                    continue  # the memory budgets are for batch 1
+                if args.profile:
+                    from train_profile import profile_steps
+
+                    def run(tick, variant=variant):
+                        train_variant(variant, args, host, dataset, Path(tmp), tick)
+                    result = {"variant": variant, **profile_steps(run, host.device, args.warmup, args.profile)}
+                else:
+                    result = measure(variant, args, host, dataset, Path(tmp))
+                if variant == "lowmem":  # says whether 8-bit AdamW was there (bitsandbytes) or plain AdamW ran
+                    result["variant"] = f"lowmem-{train_setup.lowmem_optimizer()}"
+                result.update(size=args.size, precision=args.precision, rss_before_mb=before,
+                              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                print(json.dumps(result), flush=True)
+
+
+def _child(args, overrides: dict, timeout: float | None = None) -> list[dict]:
+    values = {**vars(args), **overrides}
+    command = [sys.executable, __file__, "--child"] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in values.items()
+        if v not in (None, False) and k not in ("child", "gpu_table")]
+    command = [c[:-5] if c.endswith("=True") else c for c in command]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return [{"error": "ran past the time budget", **overrides}]
     if done.returncode != 0:
-        raise SystemExit(f"{variant} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        return [{"error": f"failed:\n{done.stderr[-3000:]}", **overrides}]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def _ratio_lines(ours: dict, plain: dict) -> list[str]:
+    lines = []
+    speed = ours["steps_per_s"] / plain["steps_per_s"]
+    lines.append(f"speed ratio {ours['variant']}/plain {speed:.3f} (target >= {TARGET_SPEED}): "
+                 f"{'ok' if speed >= TARGET_SPEED else 'MISS'}")
+    key = "cuda_peak_mb" if "cuda_peak_mb" in ours else "peak_rss_mb"
+    memory = ours[key] / plain[key]
+    label = "CUDA peak" if key == "cuda_peak_mb" else "peak RSS"
+    lines.append(f"{label} ratio {ours['variant']}/plain {memory:.3f} (target <= {TARGET_MEMORY}): "
+                 f"{'ok' if memory <= TARGET_MEMORY else 'MISS'}")
+    return lines
+
+
+def _result_line(r: dict) -> str:
+    if "error" in r:
+        return f"  {r.get('variant', '?'):8s}: {r['error']}"
+    cuda = f", CUDA peak {r['cuda_peak_mb']:.0f} MiB" if "cuda_peak_mb" in r else ""
+    return (f"  {r['variant']:8s}: {r['steps_per_s']:.3f} steps/s, {r['images_per_s']:.2f} images/s, peak RSS "
+            f"{r['peak_rss_mb']:.0f} MiB (before training {r['rss_before_mb']:.0f}){cuda}")
+
+
+def compare(args) -> int:
+    variants = args.variants.split(",")
+    results = [r for v in variants for r in _child(args, {"variants": v})]
+    print(f"{args.size} model, {args.resolution}px, batch {args.batch}, rank {args.rank}, {args.precision}, "
+          f"{args.device}, steps {args.warmup}..{args.steps} timed")
+    if args.profile:
+        from train_profile import report
+
+        print("\n".join(report({r["variant"]: r for r in results if "error" not in r})))
+        return 0
+    print("\n".join(_result_line(r) for r in results))
+    plain = next((r for r in results if r.get("variant") == "plain" and "error" not in r), None)
+    for r in results:
+        if plain is not None and r is not plain and "error" not in r:
+            print("\n".join(_ratio_lines(r, plain)))
+    return 1 if any("error" in r for r in results) else 0
+
+
+def gpu_table(args) -> int:
+    """Batch 1 and 8 × fp16 and bf16 × SD1.5 512 px and SDXL 1024 px × plain / ours / fastest (+ lowmem)."""
+    cases = SMOKE_CASES if args.smoke else TABLE_CASES
+    precisions = ("fp32",) if args.smoke and args.device == "cpu" else ("bf16", "fp16")  # bf16 has lowmem
+    start, results = time.perf_counter(), []
+    for size, resolution in cases.items():
+        for precision in precisions:
+            left = args.budget_s - (time.perf_counter() - start)
+            if left < 20:
+                results.append({"size": size, "precision": precision, "error": "not run: time budget spent"})
+                continue
+            variants = "plain,ours,fastest" + (",lowmem" if precision != "fp16" else "")
+            overrides = {"size": size, "precision": precision, "resolution": args.resolution or resolution,
+                         "table_child": True, "variants": variants}
+            rows = _child(args, overrides, timeout=left)
+            results += [{**overrides, **r} for r in rows]
+            _print_table(results, time.perf_counter() - start)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _print_table(results: list[dict], elapsed: float) -> None:
+    print(f"--- GPU table after {elapsed:.0f} s ---")
+    print("| model | px | batch | precision | variant | steps/s | images/s | CUDA peak MiB | vs plain |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        if "error" in r:
+            print(f"| {r['size']} | {r.get('resolution', '')} | {r.get('batch', '')} | {r['precision']} | "
+                  f"{r.get('variant', 'all')} | {r['error'].splitlines()[0]} | | | |")
+            continue
+        plain = next((p for p in results if p.get("variant") == "plain" and "error" not in p
+                      and (p["size"], p["precision"], p["batch"]) == (r["size"], r["precision"], r["batch"])), None)
+        ratio = f"{r['steps_per_s'] / plain['steps_per_s']:.2f}" if plain else ""
+        peak = f"{r['cuda_peak_mb']:.0f}" if "cuda_peak_mb" in r else ""
+        print(f"| {r['size']} | {r['resolution']} | {r['batch']} | {r['precision']} | {r['variant']} | "
+              f"{r['steps_per_s']:.2f} | {r['images_per_s']:.2f} | {peak} | {ratio} |")
+    sys.stdout.flush()
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda for --gpu-table, else cpu)")
+    parser.add_argument("--size", choices=("tiny", "tiny-sdxl", "sd15", "sdxl"), default="tiny")
+    parser.add_argument("--resolution", type=int, default=None, help="default: 128 (the table: 512 / 1024)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=None, help="default: 40 (the table: 20)")
+    parser.add_argument("--warmup", type=int, default=None, help="steps left out of the timing (default 5; "
+                        "the table: 8, for compilation)")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default=None,
+                        help="autocast dtype (default: fp16 on CUDA, fp32 on the CPU)")
+    parser.add_argument("--variants", default="plain,ours", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile N steps after the warm-up instead of timing (see bench/train_profile.py)")
+    parser.add_argument("--gpu-table", action="store_true", help="run the whole GPU table")
+    parser.add_argument("--smoke", action="store_true", help="the table with tiny models, a few steps")
+    parser.add_argument("--budget-s", type=float, default=450.0, help="the table starts no child after this")
+    parser.add_argument("--compile-backend", default=None,
+                        help="torch.compile backend of the fastest variant (default inductor; --smoke: eager)")
+    parser.add_argument("--read-loss-every", type=int, default=None,
+                        help="the fastest variant reads its loss every n steps (default 10; --smoke: 2)")
+    parser.add_argument("--batches", default="1,8", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads (1 steadies --profile "
+                        "on a shared machine)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--table-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.compile_backend = args.compile_backend or ("eager" if args.smoke else None)
+    args.read_loss_every = args.read_loss_every or (2 if args.smoke else None)
+    args.device = args.device or ("cuda" if args.gpu_table and not args.smoke else "cpu")
+    args.precision = args.precision or ("fp16" if args.device.startswith("cuda") else "fp32")
+    table = args.gpu_table or args.table_child
+    args.steps = args.steps or (6 if args.smoke else 20 if table else 40)
+    args.warmup = args.warmup or (2 if args.smoke else 8 if table else 5)
+    if not args.gpu_table:
+        args.resolution = args.resolution or 128
+    if args.steps <= args.warmup + max(args.profile, 1) - 1:
+        parser.error("--steps must exceed --warmup (plus --profile steps)")
+    return args
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", choices=("tiny", "sd15"), default="tiny")
-    parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default=None,
-                        help="autocast dtype (default: fp16 on CUDA, fp32 on the CPU)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variant", choices=("ours", "plain"), default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    args.precision = args.precision or ("fp16" if args.device.startswith("cuda") else "fp32")
-    if args.variant is not None:
-        print(json.dumps(run_variant(args)))
+    args = parse_args()
+    if args.child:
+        run_child(args)
         return 0
-    results = {v: _child(args, v) for v in ("plain", "ours")}
-    ours, plain = results["ours"], results["plain"]
-    print(f"{args.size} model, {args.resolution}px, batch {args.batch}, rank {args.rank}, {args.precision}, "
-          f"{args.device}, steps {args.warmup}..{args.steps} timed")
-    for name, r in results.items():
-        extra = f", CUDA peak {r['cuda_peak_mb']:.0f} MiB" if "cuda_peak_mb" in r else ""
-        print(f"  {name:5s}: {r['steps_per_s']:.3f} steps/s, peak RSS {r['peak_rss_mb']:.0f} MiB "
-              f"(before training {r['rss_before_mb']:.0f}){extra}")
-    speed = ours["steps_per_s"] / plain["steps_per_s"]
-    rss = ours["peak_rss_mb"] / plain["peak_rss_mb"]
-    print(f"speed ratio ours/plain {speed:.3f} (target >= {TARGET_SPEED}): "
-          f"{'ok' if speed >= TARGET_SPEED else 'MISS'}")
-    print(f"peak RSS ratio ours/plain {rss:.3f} (target <= {TARGET_MEMORY}): "
-          f"{'ok' if rss <= TARGET_MEMORY else 'MISS'}")
-    if "cuda_peak_mb" in ours:
-        cuda = ours["cuda_peak_mb"] / plain["cuda_peak_mb"]
-        print(f"CUDA peak ratio ours/plain {cuda:.3f} (target <= {TARGET_MEMORY}): "
-              f"{'ok' if cuda <= TARGET_MEMORY else 'MISS'}")
-    return 0
+    if args.gpu_table:
+        return gpu_table(args)
+    return compare(args)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ def build_train_config(args, output_dir: Optional[Path] = None):
         network=build_section(args, "network"), optim=build_section(args, "optim"),
         loop=build_section(args, "loop"), loss=build_section(args, "loss"), sample=build_section(args, "sample"),
         output=build_section(args, "output", **output_extra), route=build_section(args, "route", route=route),
+        speed=build_section(args, "speed"),
         dataset_a=dataset_config(args, data_a, seed),
         dataset_b=dataset_config(args, data_b, seed) if data_b is not None else None)
 

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..train.config import (LoopConfig, LossConfig, NetworkConfig, OptimConfig, OutputConfig, RouteConfig,
-                            SampleConfig)
+                            SampleConfig, SpeedConfig)
 from ..train.data_config import DatasetConfig
 
 SECTIONS: dict[str, type] = {
     "network": NetworkConfig, "optim": OptimConfig, "loop": LoopConfig, "loss": LossConfig,
     "sample": SampleConfig, "output": OutputConfig, "route": RouteConfig, "dataset": DatasetConfig,
+    "speed": SpeedConfig,
 }
 
 # (section, field) -> option strings; the first is the one `--help` leads with. Fields not listed get `--<field>`.

@@ -9,6 +9,7 @@ compvis names kohya's SDXL trainer writes (`lora_unet_input_blocks_4_1_...`), te
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -222,6 +223,27 @@ class DiffusersHost:
         for encoder in self.text_encoders:
             _set_encoder_checkpointing(encoder, enabled)
         return True
+
+    @contextmanager
+    def fast_attention(self) -> Iterator[None]:
+        """PyTorch's SDPA (flash / memory-efficient kernels) in every UNet attention while training; the
+        processors it had are put back afterwards. transformers' CLIP uses SDPA by default already."""
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        saved = self.unet.attn_processors
+        if all(isinstance(p, AttnProcessor2_0) for p in saved.values()):
+            yield
+            return
+        self.unet.set_attn_processor(AttnProcessor2_0())
+        try:
+            yield
+        finally:
+            self.unet.set_attn_processor(saved)
+
+    def compile_units(self) -> list[tuple[str, torch.nn.Module]]:
+        """The UNet's transformer blocks (self- and cross-attention, feed-forward, with their LoRA hooks)."""
+        return [(path, module) for path, module in self.unet.named_modules()
+                if type(module).__name__ == "BasicTransformerBlock"]
 
     def request_stop(self) -> None:
         """Ask the trainer to stop (and save) at its next step; the CLI calls it from its Ctrl-C handler."""

@@ -284,6 +284,41 @@ class RouteConfig:
                     raise TrainConfigError(f"{name} only applies to the difference route")
 
 
+class CompileMode(enum.Enum):
+    OFF = "off"
+    BLOCKS = "blocks"  # torch.compile each transformer block (the LoRA hooks inside are traced with it)
+    GRAPHS = "graphs"  # as blocks, plus CUDA graphs (mode "reduce-overhead"): CUDA and one batch shape only
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """How fast, not what: none of these changes what is learned beyond float rounding (`fused_lowrank`,
+    `cache_text_encoder` and `read_loss_every` change nothing at all), and a resume state fits any of them."""
+
+    fused_lowrank: bool = _help("run LoRA/LoCon modules through our own low-rank forward instead of lycoris' "
+                                "per-call dispatch (identical results and files; LoHa, LoKr and DoRA always use "
+                                "lycoris)", default=True)
+    fused_optimizer: bool = _help("AdamW as one fused kernel (foreach where torch has no fused one for the device) "
+                                  "and foreach gradient clipping: a few large ops per step instead of several per "
+                                  "tensor", default=True)
+    cache_text_encoder: bool = _help("while the text encoder is frozen, encode each distinct batch of captions "
+                                     "once (the copier's caption-less sets encode once per run)", default=True)
+    host_attention: bool = _help("train with the fastest attention kernel the host offers (the diffusers host: "
+                                 "PyTorch SDPA, restored afterwards; the WebUI keeps its own setting)",
+                                 default=True)
+    compile: CompileMode = _help("off; blocks = torch.compile each transformer block (first steps are slow while "
+                                 "it compiles; falls back to eager with a log line where the platform cannot); "
+                                 "graphs = blocks plus CUDA graphs, when on CUDA and every batch has one shape",
+                                 default=CompileMode.OFF)
+    read_loss_every: int = _help("read the loss back from the device every n steps (each read waits for the GPU); "
+                                 "step callbacks for those steps run then, and a diverged loss is caught within n "
+                                 "steps", default=1)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compile", _enum(self.compile, CompileMode, "compile"))
+        _positive("read_loss_every", self.read_loss_every)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training job: a route and the settings its LoRAs are trained with (the same for A and B)."""
@@ -295,6 +330,7 @@ class TrainConfig:
     sample: SampleConfig = _help("preview images", default_factory=SampleConfig)
     output: OutputConfig = _help("where and how the result is saved", default_factory=OutputConfig)
     route: RouteConfig = _help("single, copier or difference", default_factory=RouteConfig)
+    speed: SpeedConfig = _help("fused paths, compilation, caching: how fast, not what", default_factory=SpeedConfig)
     dataset_a: Optional[DatasetConfig] = _help("image set A (the only set of the single route)", default=None)
     dataset_b: Optional[DatasetConfig] = _help("image set B (copier and difference routes)", default=None)
 
@@ -302,7 +338,8 @@ class TrainConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             wanted = {"network": NetworkConfig, "optim": OptimConfig, "loop": LoopConfig, "loss": LossConfig,
-                      "sample": SampleConfig, "output": OutputConfig, "route": RouteConfig}.get(f.name)
+                      "sample": SampleConfig, "output": OutputConfig, "route": RouteConfig,
+                      "speed": SpeedConfig}.get(f.name)
             if wanted is not None and not isinstance(value, wanted):
                 raise TrainConfigError(f"TrainConfig.{f.name} must be a {wanted.__name__}, not {type(value).__name__}")
         for name in ("dataset_a", "dataset_b"):

@@ -7,6 +7,7 @@ exactly what an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Protocol
@@ -94,7 +95,8 @@ class _Phase:
         network, optim = job.network, job.config.optim
         network.train()
         self.optimizer = build_optimizer(
-            network.parameter_groups(optim.learning_rate, optim.effective_text_encoder_lr), optim)
+            network.parameter_groups(optim.learning_rate, optim.effective_text_encoder_lr), optim,
+            multi_tensor=job.config.speed.fused_optimizer)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         precision = job.config.loop.precision
         # fp16 gradients underflow without loss scaling; torch's scaler is reliable on CUDA only
@@ -104,6 +106,7 @@ class _Phase:
                                                enabled=precision is not Precision.FP32)
         self.generator = torch.Generator(device=job.host.device).manual_seed(job.config.loop.seed)
         self.progress = _Progress()
+        self.losses = _LossReader(job.name, self.progress, job.callbacks, job.config.speed.read_loss_every)
         self.cond_cache: dict[tuple[str, ...], Any] = {}
         self.latent_shape: Optional[tuple[int, ...]] = None
 
@@ -113,34 +116,29 @@ class _Phase:
         job.callbacks.phase(job.name, self.total)
         if self.stop_requested():  # asked while an earlier phase was finishing
             return PhaseResult(p.step, self.total, p.losses, True)
-        pending: list[float] = []
         while p.step < self.total:
             for batch in job.source.batches(self.host, p.epoch, p.position):
                 p.position += 1
                 loss = self.batch_loss(batch)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"{job.name}: the loss became {loss.item()} at step {p.step + 1}; "
-                                           "lower the learning rate, or train in bf16 or fp32")
+                self.losses.add(loss, p.step + 1)
                 scaled = loss / accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                pending.append(loss.item())
-                if len(pending) < accum:
+                if self.losses.batches_pending() < accum:
                     continue
                 lr = self.optimizer_step()
                 p.step += 1
-                p.losses.append(sum(pending) / len(pending))
-                pending = []
-                job.callbacks.step(p.step, p.losses[-1], lr)
+                self.losses.end_step(p.step, lr)
                 if self.after_step() or p.step >= self.total:
                     break
             else:  # the epoch ran out
                 p.epoch, p.position = p.epoch + 1, 0
                 every = cfg.output.save_every_n_epochs
                 if every and p.epoch % every == 0 and p.step < self.total:
-                    self.save(f"-{p.epoch:06d}", with_state=not pending)
+                    self.save(f"-{p.epoch:06d}", with_state=not self.losses.batches_pending())
                 continue
             if p.step < self.total:  # left the epoch early: a stop was asked for
                 return PhaseResult(p.step, self.total, p.losses, True)
+        self.losses.flush()
         every = cfg.sample.every_n_steps
         if cfg.sample.prompts and not (every and p.step % every == 0):  # else after_step just rendered them
             self.preview()
@@ -152,6 +150,7 @@ class _Phase:
         """Periodic saves and previews; True when training must stop now."""
         job, cfg, step = self.job, self.cfg, self.progress.step
         if self.stop_requested():
+            self.losses.flush()
             if job.control.save_requested:
                 self.save(f"-step{step:08d}", with_state=True)
             job.callbacks.log(f"{job.name}: stopped at step {step}")
@@ -167,7 +166,8 @@ class _Phase:
 
     def batch_loss(self, batch) -> torch.Tensor:
         host, cfg = self.host, self.cfg
-        latents = batch.latents.to(device=host.device, dtype=torch.float32)
+        # non_blocking: without it every host-to-GPU copy waits for the GPU to finish all queued work
+        latents = batch.latents.to(device=host.device, dtype=torch.float32, non_blocking=True)
         self.latent_shape = tuple(latents.shape[1:])
         abar = self.schedule.alphas_cumprod
         noise = sample_noise(latents, self.generator, cfg.loss.noise_offset)
@@ -177,7 +177,7 @@ class _Phase:
             cond = self.encode(list(batch.captions))
             prediction = host.predict_noise(noisy.to(host.dtype), timesteps, cond)
         target = training_target(latents, noise, timesteps, abar, self.schedule.prediction)
-        weights = batch.loss_weights.to(device=host.device, dtype=torch.float32)
+        weights = batch.loss_weights.to(device=host.device, dtype=torch.float32, non_blocking=True)
         if cfg.loss.min_snr_gamma is not None:
             weights = weights * min_snr_weights(timesteps, abar, cfg.loss.min_snr_gamma, self.schedule.prediction)
         return diffusion_loss(prediction, target, weights)
@@ -186,6 +186,9 @@ class _Phase:
         clip_skip = self.cfg.loop.clip_skip
         if self.cfg.network.train_text_encoder:
             return self.host.encode_prompts(captions, clip_skip)
+        if not self.cfg.speed.cache_text_encoder:
+            with torch.no_grad():
+                return self.host.encode_prompts(captions, clip_skip)
         key = tuple(captions)
         if key not in self.cond_cache:
             if len(self.cond_cache) >= 256:  # captions rarely repeat as whole batches beyond a small set
@@ -201,7 +204,8 @@ class _Phase:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if optim.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, optim.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.params, optim.max_grad_norm,
+                                           foreach=True if self.cfg.speed.fused_optimizer else None)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -222,6 +226,7 @@ class _Phase:
         self.job.callbacks.sample(self.progress.step, samples)
 
     def save(self, suffix: str, with_state: bool) -> None:
+        self.losses.flush()
         self.job.save_lora(self.job.network, suffix, self.progress.step)
         if with_state:
             save_state(self.job.state_file, self.state(finished=False))
@@ -241,3 +246,50 @@ class _Phase:
             self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
         self.progress = _Progress(state["step"], state["epoch"], state["position"], list(state["losses"]))
+        self.losses.progress = self.progress
+
+
+class _LossReader:
+    """The losses of the steps, read back from the device every `every` steps in one transfer (each read waits
+    for the device to finish); step callbacks and the divergence check run as they are read. With `every` 1 each
+    batch's loss is read and checked before its backward pass, as a plain loop does."""
+
+    def __init__(self, phase: str, progress: _Progress, callbacks: Callbacks, every: int):
+        self.phase, self.progress, self.callbacks, self.every = phase, progress, callbacks, every
+        self.pending: list = []  # this step's batch losses so far: floats, or device tensors when every > 1
+        self.unread: list[tuple[int, float, list]] = []  # (step, learning rate, batch losses) not reported yet
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        if self.every == 1:
+            value = loss.item()
+            self._check(value, step)
+            self.pending.append(value)
+        else:
+            self.pending.append(loss.detach())
+
+    def batches_pending(self) -> int:
+        return len(self.pending)
+
+    def end_step(self, step: int, lr: float) -> None:
+        self.unread.append((step, lr, self.pending))
+        self.pending = []
+        if len(self.unread) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.unread:
+            return
+        tensors = [v for _, _, losses in self.unread for v in losses if isinstance(v, torch.Tensor)]
+        values = iter(torch.stack(tensors).tolist()) if tensors else iter(())
+        unread, self.unread = self.unread, []
+        for step, lr, losses in unread:
+            floats = [next(values) if isinstance(v, torch.Tensor) else v for v in losses]
+            for value in floats:
+                self._check(value, step)
+            self.progress.losses.append(sum(floats) / len(floats))
+            self.callbacks.step(step, self.progress.losses[-1], lr)
+
+    def _check(self, value: float, step: int) -> None:
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"{self.phase}: the loss became {value} at step {step}; lower the learning "
+                                   "rate, or train in bf16 or fp32")

@@ -23,6 +23,7 @@ from ..core.lorafile import LoraFile
 from .config import NetworkConfig, NetworkKind
 from .errors import TrainingError
 from .host import Component, TargetModule
+from .lowrank import fusable, lowrank_hook
 
 _MODULE_CLASS = {NetworkKind.LORA: LoConModule, NetworkKind.LOCON: LoConModule,
                  NetworkKind.LOHA: LohaModule, NetworkKind.LOKR: LokrModule}
@@ -74,11 +75,13 @@ def _make_module(placement: Placement, config: NetworkConfig) -> torch.nn.Module
 class LoraNetwork(torch.nn.Module):
     """The trainable (or frozen) LyCORIS modules of one LoRA, keyed by kohya module name.
 
-    `multiplier` scales every module's ΔW while attached (0 turns the network off for previews)."""
+    `multiplier` scales every module's ΔW while attached (0 turns the network off for previews). `fused` sends
+    plain LoRA/LoCon modules through `lowrank.lowrank_hook` instead of lycoris' per-call dispatch (same results)."""
 
-    def __init__(self, targets: list[TargetModule], config: NetworkConfig, seed: int, device=None):
+    def __init__(self, targets: list[TargetModule], config: NetworkConfig, seed: int, device=None,
+                 fused: bool = True):
         super().__init__()
-        self.config = config
+        self.config, self.fused = config, fused
         self.placements = {p.target.kohya_name: p for p in select_targets(targets, config)}
         self.modules_by_name = torch.nn.ModuleDict()
         self.multiplier = 1.0
@@ -112,11 +115,16 @@ class LoraNetwork(torch.nn.Module):
         try:
             for name, module in self.modules_by_name.items():
                 target = self.placements[name].target.module
-                handles.append(target.register_forward_hook(_delta_hook(self, module)))
+                handles.append(target.register_forward_hook(self._hook(module)))
             yield self
         finally:
             for handle in handles:
                 handle.remove()
+
+    def _hook(self, module: torch.nn.Module):
+        if self.fused and fusable(module):
+            return lowrank_hook(module, lambda: self.multiplier)
+        return _delta_hook(self, module)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """Copies of every trained tensor, for resume states."""

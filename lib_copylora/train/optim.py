@@ -68,12 +68,23 @@ class Lion(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(param_groups: list[dict], config: OptimConfig) -> torch.optim.Optimizer:
-    """The optimiser over `param_groups` (each with its own "lr"); a missing package is a clear error."""
+def multi_tensor_options(param_groups: list[dict]) -> dict:
+    """torch's fused AdamW where it has one for every parameter's device (CUDA, CPU), else its foreach form: one
+    kernel (or one op per kind) over all tensors instead of several ops per tensor."""
+    params = [p for group in param_groups for p in group["params"]]
+    fusable = all(p.device.type in ("cuda", "cpu") and p.is_floating_point() for p in params)
+    return {"fused": True} if fusable else {"foreach": True}
+
+
+def build_optimizer(param_groups: list[dict], config: OptimConfig, multi_tensor: bool = False
+                    ) -> torch.optim.Optimizer:
+    """The optimiser over `param_groups` (each with its own "lr"); a missing package is a clear error.
+    `multi_tensor` asks for AdamW's fused (or foreach) implementation; the others have one form."""
     kind = config.optimizer
     common = dict(lr=config.learning_rate, weight_decay=config.weight_decay)
     if kind is OptimizerKind.ADAMW:
-        return torch.optim.AdamW(param_groups, betas=config.effective_betas, eps=config.eps, **common)
+        extra = multi_tensor_options(param_groups) if multi_tensor else {}
+        return torch.optim.AdamW(param_groups, betas=config.effective_betas, eps=config.eps, **common, **extra)
     if kind is OptimizerKind.ADAMW_8BIT:
         try:
             import bitsandbytes

@@ -40,6 +40,7 @@ from .loop import BatchSource, PhaseJob, PhaseResult, run_phase
 from .metadata import RunFacts, with_training_metadata
 from .network import LoraNetwork
 from .optim import build_optimizer, optimizer_name
+from .speedups import host_speedups
 
 
 class RouteResult(NamedTuple):
@@ -65,7 +66,7 @@ def train(host: TrainingHost, config: TrainConfig, data_a: BatchSource, data_b: 
 def train_single(host: TrainingHost, config: TrainConfig, data: BatchSource, callbacks: Optional[Callbacks] = None,
                  control: Optional[TrainControl] = None) -> RouteResult:
     run = _Run(host, config, callbacks, control)
-    with run.session():
+    with run.session(data):
         network = run.network()
         result = run.phase("single", network, data, suffix="")
         if result.stopped:
@@ -77,7 +78,7 @@ def train_single(host: TrainingHost, config: TrainConfig, data: BatchSource, cal
 def train_copier(host: TrainingHost, config: TrainConfig, data_a: BatchSource, data_b: BatchSource,
                  callbacks: Optional[Callbacks] = None, control: Optional[TrainControl] = None) -> RouteResult:
     run = _Run(host, config, callbacks, control)
-    with run.session():
+    with run.session(data_a, data_b):
         network_a = run.network()
         phases = {"A": run.phase("A", network_a, data_a, suffix="_A")}
         if phases["A"].stopped:
@@ -97,7 +98,7 @@ def train_copier(host: TrainingHost, config: TrainConfig, data_a: BatchSource, d
 def train_difference(host: TrainingHost, config: TrainConfig, data_a: BatchSource, data_b: BatchSource,
                      callbacks: Optional[Callbacks] = None, control: Optional[TrainControl] = None) -> RouteResult:
     run = _Run(host, config, callbacks, control)
-    with run.session():
+    with run.session(data_a, data_b):
         network_a, network_b = run.network(), run.network()  # the same start: see the module notes
         phases = {"A": run.phase("A", network_a, data_a, suffix="_A")}
         if phases["A"].stopped:
@@ -132,6 +133,18 @@ def existing_outputs(config: TrainConfig) -> list[Path]:
     return [path for path in (output.path(s) for s in suffixes) if path.exists()]
 
 
+def _one_batch_shape(source: BatchSource) -> bool:
+    """True when every batch of `source` has one shape (one bucket, no smaller last batch): CUDA graphs need it."""
+    summary, config = getattr(source, "summary", None), getattr(source, "config", None)
+    if not callable(summary) or config is None:
+        return False
+    buckets = summary().buckets
+    if len(buckets) != 1:
+        return False
+    count = next(iter(buckets.values()))
+    return count <= config.batch_size or count % config.batch_size == 0
+
+
 def _num_train_images(source: BatchSource) -> Optional[int]:
     summary = getattr(source, "summary", None)  # ImageDataset has one; toy sources need not
     return summary().samples_per_epoch if callable(summary) else None
@@ -154,8 +167,9 @@ class _Run:
         self.optimizer = optimizer_name(build_optimizer([{"params": [probe], "lr": 1.0}], config.optim))
 
     @contextmanager
-    def session(self) -> Iterator[None]:
-        """Base frozen (flags restored afterwards), gradient checkpointing on if asked (off afterwards)."""
+    def session(self, *sources: BatchSource) -> Iterator[None]:
+        """Base frozen (flags restored afterwards), gradient checkpointing on if asked (off afterwards), the host's
+        speed-ups (attention kernel, compiled blocks) in place meanwhile."""
         output = self.config.output
         existing = existing_outputs(self.config)
         if existing:
@@ -170,7 +184,9 @@ class _Run:
                 checkpointing = self.host.set_gradient_checkpointing(True)
                 if not checkpointing:
                     self.callbacks.log("this model cannot use gradient checkpointing; training without it")
-            yield
+            one_shape = all(_one_batch_shape(source) for source in sources)
+            with host_speedups(self.host, self.config.speed, self.callbacks.log, one_shape):
+                yield
         finally:
             if checkpointing:
                 self.host.set_gradient_checkpointing(False)

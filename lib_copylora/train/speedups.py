@@ -1,0 +1,101 @@
+"""Host-level speed options of `SpeedConfig`, each a context manager that leaves the host as it found it.
+
+Both rest on optional host methods (a host without them trains as before, and the log says so once):
+- `fast_attention()`: a context manager putting the host's fastest attention kernel in place (the diffusers host:
+  PyTorch SDPA); the WebUI host has none, its own cross-attention setting stays in charge.
+- `compile_units()`: `(name, module)` of the blocks worth compiling one by one (transformer blocks). Each gets a
+  compiled `forward` as an instance attribute, which the LoRA hooks inside are traced into; deleting the attribute
+  restores the class's forward exactly. A block that fails to compile falls back to eager with a log line.
+"""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from .config import CompileMode, SpeedConfig
+
+Log = Callable[[str], None]
+COMPILE_BACKEND = "inductor"  # tests swap in "eager": the same tracing without minutes of code generation
+
+
+@contextmanager
+def host_speedups(host, speed: SpeedConfig, log: Log, one_shape: bool) -> Iterator[None]:
+    """`speed.host_attention` and `speed.compile` for the duration."""
+    attention = getattr(host, "fast_attention", None) if speed.host_attention else None
+    with (attention() if callable(attention) else nullcontext()):
+        with compiled_blocks(host, speed.compile, log, one_shape):
+            yield
+
+
+def compile_unavailable(device: torch.device) -> Optional[str]:
+    """Why torch.compile cannot run here, or None."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return "this Python/platform has no TorchDynamo"
+    if COMPILE_BACKEND != "inductor":
+        return None
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "Triton is not installed"
+    if device.type == "cpu":
+        compilers = ("c++", "g++", "clang++", "cl")
+        return None if any(shutil.which(c) for c in compilers) else "no C++ compiler on PATH"
+    return f"inductor does not compile for {device.type}"
+
+
+def _compile_options(mode: CompileMode, device: torch.device, one_shape: bool, log: Log) -> dict:
+    if mode is CompileMode.GRAPHS:
+        if device.type == "cuda" and one_shape:
+            return {"mode": "reduce-overhead"}
+        why = "the device is not CUDA" if device.type != "cuda" else "the batches have more than one shape"
+        log(f"compile: CUDA graphs need one batch shape on CUDA ({why}); compiling blocks without them")
+    return {}
+
+
+@contextmanager
+def compiled_blocks(host, mode: CompileMode, log: Log, one_shape: bool) -> Iterator[None]:
+    if mode is CompileMode.OFF:
+        yield
+        return
+    units = getattr(host, "compile_units", None)
+    blocks = list(units()) if callable(units) else []
+    reason = compile_unavailable(host.device) if blocks else "this host offers no blocks to compile"
+    if reason is not None:
+        log(f"compile: {reason}; training without torch.compile")
+        yield
+        return
+    options = _compile_options(mode, host.device, one_shape, log)
+    try:
+        for name, block in blocks:
+            block.forward = _FallbackForward(name, block, torch.compile(block.forward, backend=COMPILE_BACKEND,
+                                                                        **options), log)
+        log(f"compile: {len(blocks)} blocks compiled with {COMPILE_BACKEND} (the first steps are slow)")
+        yield
+    finally:
+        for _, block in blocks:
+            block.__dict__.pop("forward", None)
+
+
+class _FallbackForward:
+    """A block's compiled forward that gives way to the eager one, for good, when compiling fails."""
+
+    def __init__(self, name: str, block: torch.nn.Module, compiled, log: Log):
+        self.name, self.block, self.compiled, self.log = name, block, compiled, log
+
+    def __call__(self, *args, **kwargs):
+        import torch._dynamo.exc as dynamo_errors
+
+        try:
+            return self.compiled(*args, **kwargs)
+        except (dynamo_errors.BackendCompilerFailed, dynamo_errors.Unsupported,
+                dynamo_errors.InternalTorchDynamoError) as error:
+            self.log(f"compile: {self.name} cannot be compiled ({type(error).__name__}: "
+                     f"{str(error).splitlines()[0][:160]}); it runs eagerly")
+            self.block.__dict__.pop("forward", None)
+            return self.block.forward(*args, **kwargs)

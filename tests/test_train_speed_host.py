@@ -1,0 +1,114 @@
+"""SpeedConfig's host-level options on the diffusers host: compiled transformer blocks give the eager results and
+are undone afterwards, a platform that cannot compile trains eagerly with a log line, the attention kernel is put
+back; and the SDXL-sized bench model has SDXL's published shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lib_copylora.core.family import Family
+from lib_copylora.hosts.diffusers_host import DiffusersHost
+from lib_copylora.hosts.tiny import build_tiny_pipeline
+from lib_copylora.train import speedups
+from lib_copylora.train.config import CompileMode, SpeedConfig
+from lib_copylora.train.host import Component
+from lib_copylora.train.network import LoraNetwork
+from lib_copylora.train.config import NetworkConfig
+from toy_host import ToyHost
+
+
+@pytest.fixture(scope="module")
+def host():
+    return DiffusersHost.from_pipeline(build_tiny_pipeline(Family.SD1, seed=0))
+
+
+def _predict(host, network):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    cond = torch.randn(1, 77, host.unet.config.cross_attention_dim, generator=g)
+    with network.attached():
+        return host.predict_noise(x, torch.tensor([500]), cond)
+
+
+def _network(host):
+    network = LoraNetwork(host.target_modules({Component.UNET}), NetworkConfig(rank=2), seed=0)
+    for module in network.modules_by_name.values():
+        torch.nn.init.normal_(module.lora_up.weight, std=0.1)  # up starts at zero: make the LoRA act
+    return network
+
+
+def test_compiled_blocks_give_the_eager_result_and_are_undone(host, monkeypatch):
+    monkeypatch.setattr(speedups, "COMPILE_BACKEND", "eager")  # dynamo traces as inductor would, minus codegen
+    network, lines = _network(host), []
+    eager = _predict(host, network)
+    with speedups.compiled_blocks(host, CompileMode.BLOCKS, lines.append, one_shape=True):
+        blocks = [block for _, block in host.compile_units()]
+        assert blocks and all("forward" in vars(block) for block in blocks)
+        compiled = _predict(host, network)
+    assert torch.allclose(compiled, eager, atol=1e-5)
+    assert lines == [f"compile: {len(blocks)} blocks compiled with eager (the first steps are slow)"]
+    assert not any("forward" in vars(block) for block in blocks)
+
+
+def test_a_platform_that_cannot_compile_trains_eagerly_and_says_why(host, monkeypatch):
+    monkeypatch.setattr(speedups, "compile_unavailable", lambda device: "Triton is not installed")
+    lines = []
+    with speedups.compiled_blocks(host, CompileMode.BLOCKS, lines.append, one_shape=True):
+        assert not any("forward" in vars(block) for _, block in host.compile_units())
+    assert lines == ["compile: Triton is not installed; training without torch.compile"]
+
+
+def test_a_host_without_blocks_says_so_and_graphs_need_cuda(host, monkeypatch):
+    lines = []
+    with speedups.compiled_blocks(ToyHost(), CompileMode.BLOCKS, lines.append, one_shape=True):
+        pass
+    assert lines == ["compile: this host offers no blocks to compile; training without torch.compile"]
+    lines.clear()
+    monkeypatch.setattr(speedups, "COMPILE_BACKEND", "eager")
+    with speedups.compiled_blocks(host, CompileMode.GRAPHS, lines.append, one_shape=True):
+        pass
+    assert lines[0] == ("compile: CUDA graphs need one batch shape on CUDA (the device is not CUDA); compiling "
+                        "blocks without them")
+
+
+def test_a_block_that_fails_to_compile_runs_eagerly(host, monkeypatch):
+    import torch._dynamo.exc as dynamo_errors
+
+    def failing(*args, **kwargs):
+        raise dynamo_errors.Unsupported("graph break in a test")
+
+    network, lines = _network(host), []
+    eager = _predict(host, network)
+    monkeypatch.setattr(speedups, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: failing)
+    with speedups.compiled_blocks(host, CompileMode.BLOCKS, lines.append, one_shape=True):
+        assert torch.equal(_predict(host, network), eager)
+        assert not any("forward" in vars(block) for _, block in host.compile_units())  # given up for good
+    assert any("cannot be compiled (Unsupported: graph break in a test); it runs eagerly" in line for line in lines)
+
+
+def test_host_attention_is_sdpa_while_training_and_put_back(host):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    host.unet.set_attn_processor(AttnProcessor())
+    try:
+        with speedups.host_speedups(host, SpeedConfig(), print, one_shape=True):
+            assert all(isinstance(p, AttnProcessor2_0) for p in host.unet.attn_processors.values())
+        assert all(type(p) is AttnProcessor for p in host.unet.attn_processors.values())
+        with speedups.host_speedups(host, SpeedConfig(host_attention=False), print, one_shape=True):
+            assert all(type(p) is AttnProcessor for p in host.unet.attn_processors.values())
+    finally:
+        host.unet.set_attn_processor(AttnProcessor2_0())
+
+
+def test_the_sdxl_sized_model_has_sdxl_base_shapes():
+    from lib_copylora.hosts.full_size import sdxl_pipeline
+
+    pipe = sdxl_pipeline(seed=0, device="meta")  # shapes only: no memory, no initialisation
+    assert sum(p.numel() for p in pipe.unet.parameters()) == 2_567_463_684  # SDXL base 1.0's UNet
+    sdxl = DiffusersHost.from_pipeline(pipe)
+    assert sdxl.family is Family.SDXL
+    names = {t.kohya_name for t in sdxl.target_modules({Component.UNET})}
+    assert "lora_unet_middle_block_1_transformer_blocks_9_ff_net_2" in names
+    assert "lora_unet_output_blocks_2_1_transformer_blocks_9_attn2_to_k" in names
