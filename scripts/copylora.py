@@ -7,7 +7,9 @@ from modules import script_callbacks, scripts
 from lib_copylora.ui.tab import CopyLoraTab
 from lib_copylora.webui import xyz_axes
 from lib_copylora.webui.prompt_hook import BlockWeightHook, undo_block_weights
-from lib_copylora.webui.service import CopyLoraService
+from lib_copylora.webui.service_host import WebUIServiceHost
+from lib_copylora.service.service import CopyLoraService
+from lib_copylora.webui.api import register_routes
 from lib_copylora.webui.settings import register_settings
 
 
@@ -41,8 +43,8 @@ def _on_unload():
 
 xyz_axes.register_axes()
 script_callbacks.on_script_unloaded(_on_unload)
-training = CopyLoraService()  # shared by the API and the tab: one job queue
-script_callbacks.on_app_started(training.on_app_started)
+service = CopyLoraService(WebUIServiceHost())  # shared by the API and the tab: one job queue, one Stop
+script_callbacks.on_app_started(lambda _demo, app: register_routes(app, service))
 script_callbacks.on_ui_settings(register_settings)
-script_callbacks.on_ui_tabs(CopyLoraTab(training).on_ui_tabs)
-script_callbacks.on_script_unloaded(training.shutdown)
+script_callbacks.on_ui_tabs(CopyLoraTab(service).on_ui_tabs)
+script_callbacks.on_script_unloaded(service.shutdown)

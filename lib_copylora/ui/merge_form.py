@@ -11,7 +11,7 @@ import enum
 from typing import Any, NamedTuple, Optional, Sequence
 
 from ..core.errors import MergeError
-from ..webui.merge_run import NO_BLOCKS, SAVE_DTYPES, MergeRequest
+from ..service.merge_run import NO_BLOCKS, SAVE_DTYPES, MergeRequest
 
 MERGE_ROWS = 6
 

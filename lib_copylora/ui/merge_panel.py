@@ -10,7 +10,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from ..core.errors import CopyLoraError
-from ..webui.merge_run import SAVE_DTYPES, MergeRequest
+from ..service.merge_run import SAVE_DTYPES, MergeRequest
 from .merge_form import MERGE_ROWS, MergeMode, MergeRow, build_merge_request
 from .widgets import FormRow, all_updates, guarded, hover, js, not_saved, tool_button
 
@@ -108,9 +108,7 @@ class MergePanel:
 
     def _refresher(self, dropdowns: list) -> Callable:
         def refresh() -> list:
-            from .lora_list import refresh_builtin_list
-
-            refresh_builtin_list()
+            self.service.refresh_loras()
             choices = self.lora_choices()
             return [gr.update(choices=choices) for _ in dropdowns]
         return refresh

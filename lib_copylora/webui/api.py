@@ -14,9 +14,9 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, create_model
 
 from ..core.errors import CopyLoraError
-from .jobs import JobStatus, UnknownJob
-from .merge_run import MergeRequest
-from .train_request import SECTIONS, TrainRequest, request_from_dict
+from ..service.jobs import JobStatus, UnknownJob
+from ..service.merge_run import MergeRequest
+from ..service.train_request import SECTIONS, TrainRequest, request_from_dict
 
 PREFIX = "/copylora/v1"
 
@@ -106,7 +106,7 @@ def register_routes(app: FastAPI, service) -> None:
 
     def submit(body: TrainRequestModel) -> SubmitResponse:  # type: ignore[valid-type]
         values = {k: v for k, v in body.dict().items() if v is not None}
-        return SubmitResponse(job_ids=_call(lambda: service.jobs.submit(request_from_dict(values))))
+        return SubmitResponse(job_ids=_call(lambda: service.submit(request_from_dict(values))))
 
     def jobs() -> List[JobModel]:
         return [job_model(s) for s in service.jobs.list()]
@@ -115,7 +115,7 @@ def register_routes(app: FastAPI, service) -> None:
         return job_model(_call(service.jobs.status, job_id))
 
     def stop(job_id: str, body: StopRequest) -> JobModel:
-        return job_model(_call(service.jobs.stop, job_id, body.save))
+        return job_model(_call(service.stop, job_id, body.save))
 
     def results() -> List[JobModel]:
         return [job_model(s) for s in service.results()]
