@@ -69,8 +69,7 @@ def page(request, webui_settings, tmp_path_factory):
 def tab_sets(webui):
     from PIL import Image
 
-    flags = webui.get("/sdapi/v1/cmd-flags")
-    datasets = Path(flags.get("copylora_dir") or Path(flags["data_dir"]) / "copylora") / "datasets"
+    datasets = webui.folders().datasets
     for name, colour in (("tab_a", (200, 40, 40)), ("tab_b", (40, 40, 200))):
         folder = datasets / name / "2_x"
         folder.mkdir(parents=True, exist_ok=True)
@@ -78,7 +77,7 @@ def tab_sets(webui):
         for i in range(2):
             noise = rng.integers(-30, 30, size=(64, 64, 3))
             Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    lora_dir = Path(flags["lora_dir"])
+    lora_dir = webui.folders().loras
     yield lora_dir
     shutil.rmtree(lora_dir / SUBFOLDER, ignore_errors=True)
     webui.post("/sdapi/v1/refresh-loras", {})
