@@ -15,6 +15,11 @@ def is_forge() -> bool:
     return importlib.util.find_spec("modules_forge") is not None
 
 
+def is_forge_model(sd_model) -> bool:
+    """Forge's loaded model is a `ForgeDiffusionEngine` holding its parts in `forge_objects`, not a torch module."""
+    return hasattr(sd_model, "forge_objects")
+
+
 def builtin_lora() -> Optional[ModuleType]:
     """The built-in Lora extension's `networks` module, once its script has imported it (A1111 layout)."""
     module = sys.modules.get("networks")

@@ -15,6 +15,7 @@ from typing import Iterator, Optional
 import torch
 
 from ..train.errors import TrainingError
+from .compat import is_forge_model
 
 # Blocks of ldm/sgm UNets whose `forward` wraps `_forward` in the repositories' own gradient checkpointing. That
 # checkpoint (a custom autograd Function) only differentiates the block's own parameters, so LoRA modules hooked
@@ -70,12 +71,25 @@ def clear_builtin_lora(sd_model, networks) -> int:
     return restored
 
 
+def model_tensors(sd_model) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer of the loaded model. Forge's model is no torch module: its parts (the UNet with
+    its schedule, the text encoders, the VAE) each sit in their own patcher."""
+    if not is_forge_model(sd_model):
+        yield from sd_model.state_dict(keep_vars=True).items()
+        return
+    objects = sd_model.forge_objects
+    parts = {"unet": objects.unet.model, "clip": objects.clip.cond_stage_model, "vae": objects.vae.first_stage_model}
+    for part, module in parts.items():
+        for name, tensor in module.state_dict(keep_vars=True).items():
+            yield f"{part}.{name}", tensor
+
+
 def model_hash(sd_model) -> str:
     """sha256 over every parameter and buffer of the loaded model (names, dtypes, shapes and bytes), in name
     order: equal hashes mean a bit-identical model. A diagnostic: it reads the whole model (seconds)."""
     digest = hashlib.sha256()
     with torch.no_grad():
-        for name, tensor in sorted(sd_model.state_dict(keep_vars=True).items()):
+        for name, tensor in sorted(model_tensors(sd_model), key=lambda item: item[0]):
             if not isinstance(tensor, torch.Tensor):
                 continue
             data = tensor.detach()
