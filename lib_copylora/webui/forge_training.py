@@ -106,7 +106,8 @@ def _load_original_parts(sd_model) -> None:
 
     original = sd_model.forge_objects_original
     patchers = [original.unet, original.clip.patcher, original.vae.patcher]
-    memory_management.load_models_gpu(patchers)
+    with torch.inference_mode():  # as in Forge's own generation: moving inference tensors needs it
+        memory_management.load_models_gpu(patchers)
     partly = [loaded.model.model.__class__.__name__ for loaded in memory_management.current_loaded_models
               if any(loaded.model is p for p in patchers) and loaded.model_accelerated]
     if partly:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .server import is_forge_tree
+
 pytestmark = [pytest.mark.webui, pytest.mark.browser]
 
 SUBFOLDER = "copylora-tab-tests"
@@ -84,9 +86,11 @@ def tab_sets(webui):
 
 
 def _shot(page, webui_settings, name: str) -> Path:
+    """A full-page screenshot, named for the host (A1111 and Forge runs share the cache)."""
     folder = webui_settings.cache_dir / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.png"
+    host = "forge" if webui_settings.webui_dir and is_forge_tree(webui_settings.webui_dir) else "webui"
+    path = folder / f"{host}-{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
 
