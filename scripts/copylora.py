@@ -6,7 +6,8 @@ from modules import script_callbacks, scripts
 
 from lib_copylora.ui.tab import CopyLoraTab
 from lib_copylora.webui import xyz_axes
-from lib_copylora.webui.prompt_hook import BlockWeightHook, undo_block_weights
+from lib_copylora.webui import patching
+from lib_copylora.webui.prompt_hook import BlockWeightHook
 from lib_copylora.webui.service_host import WebUIServiceHost
 from lib_copylora.service.service import CopyLoraService
 from lib_copylora.webui.api import register_routes
@@ -37,8 +38,9 @@ class CopyLoraScript(scripts.Script):
 
 
 def _on_unload():
-    xyz_axes.unregister_axes()
-    undo_block_weights()
+    """Reload UI / unload: a running training run stops and saves; every change to the WebUI's objects is undone."""
+    service.shutdown()
+    patching.undo_all()
 
 
 xyz_axes.register_axes()
@@ -47,4 +49,4 @@ service = CopyLoraService(WebUIServiceHost())  # shared by the API and the tab: 
 script_callbacks.on_app_started(lambda _demo, app: register_routes(app, service))
 script_callbacks.on_ui_settings(register_settings)
 script_callbacks.on_ui_tabs(CopyLoraTab(service).on_ui_tabs)
-script_callbacks.on_script_unloaded(service.shutdown)
+

@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lib_copylora.core.errors import CopyLoraError
 from lib_copylora.core.family import Family
 from lib_copylora.train.errors import TrainingError
 from lib_copylora.train.host import Component
-from lib_copylora.webui import forge_training
+from lib_copylora.webui import forge_training, patching
 from lib_copylora.webui.forge_training import ForgeHost, ordinary_parameters, refuse_unsupported_forge
 from lib_copylora.webui.model_state import BlockForwards, model_hash
 
@@ -119,14 +120,14 @@ def test_names_are_the_ones_forges_lora_key_map_reads(family, prefixes):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(is_sd1=False), "trains SD1, SD2 and SDXL models"),
+    (dict(is_sd1=False, is_flux=True), "unsupported model: the loaded checkpoint is Flux"),
     (dict(is_inpaint=True), "inpainting model"),
 ])
 def test_models_that_cannot_train_are_refused_in_one_line(change, message):
     engine = _engine(Family.SD1)
     for key, value in change.items():
         setattr(engine, key, value)
-    with pytest.raises(TrainingError, match=message) as error:
+    with pytest.raises(CopyLoraError, match=message) as error:
         refuse_unsupported_forge(engine)
     assert "\n" not in str(error.value)
 
@@ -154,6 +155,7 @@ def test_inference_weights_train_through_aliases_and_the_same_parameters_come_ba
     assert delta.grad is not None and delta.grad.abs().sum() > 0
     assert all(p is originals[n] for n, p in unet.named_parameters())
     assert model_hash(engine) == before
+    assert [p for p in patching.active() if p.owner == forge_training.OWNER] == []
 
 
 def test_the_parameters_come_back_after_an_error():

@@ -42,8 +42,22 @@ def test_the_tab_reaches_the_host_only_through_the_service():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level == 2 and (node.module or "").startswith("webui"):
-                if node.module != "webui.compat":
+                names = [alias.name for alias in node.names]
+                if node.module != "webui.compat" and not (node.module == "webui" and names == ["compat"]):
                     offenders[path.name] = node.module
         if "modules" in _imported_roots(path):
             offenders[path.name] = "modules"
     assert offenders == {}
+
+
+def test_the_command_line_starts_without_lycoris():
+    """`--help`, `presets` and `inspect` of a plain LoRA never need lycoris-lora's package (seconds to import):
+    its math is imported when a LyCORIS kind is first computed (bench/startup.py measures the time)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from lib_copylora.cli import build_parser; build_parser(); "
+            "import lib_copylora.core.formats, lib_copylora.core.describe; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lycoris'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

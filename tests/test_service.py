@@ -116,3 +116,47 @@ def test_presets_live_in_the_hosts_file(host):
     assert service.save_preset("MINE", values)["MINE"] == tuple(values)
     assert "MINE:" in (host.root / "presets.txt").read_text()
     assert "MINE" not in service.delete_preset("MINE")
+
+
+def test_an_unload_stops_and_saves_the_running_run_and_says_so(host, caplog):
+    (host.root / "datasets" / "a" / "1_a").mkdir(parents=True)
+    service = CopyLoraService(host)
+    ids = service.submit(sweep("u", "1,2"))
+    wait_for(lambda: host.runner_.order == ["u-seed1"])
+    with caplog.at_level("WARNING", logger="copylora"):
+        service.shutdown()
+    first, second = (service.jobs.status(i) for i in ids)
+    assert first.state is JobState.STOPPED and "save=True" in first.log
+    assert second.state is JobState.CANCELLED and host.runner_.order == ["u-seed1"]
+    assert any("stopping training run u-seed1 and saving" in r.message for r in caplog.records)
+    assert any("1 queued training run(s) cancelled" in r.message for r in caplog.records)
+
+
+def test_merge_request_fields_come_from_merge_spec():
+    """Every MergeSpec setting a request can carry has MergeSpec's own name, type, default and help there."""
+    import dataclasses
+
+    from lib_copylora.core.merge import MergeSpec
+    from lib_copylora.service.merge_run import NOT_FROM_SPEC
+
+    spec_fields = {f.name: f for f in dataclasses.fields(MergeSpec)}
+    request_fields = {f.name: f for f in dataclasses.fields(MergeRequest)}
+    spec_hints, request_hints = MergeSpec.__annotations__, MergeRequest.__annotations__  # as written
+    for name, spec_field in spec_fields.items():
+        if name in NOT_FROM_SPEC:
+            continue
+        assert name in request_fields, name
+        assert request_fields[name].default == spec_field.default, name
+        assert request_fields[name].metadata["help"] == spec_field.metadata["help"], name
+        assert request_hints[name] == spec_hints[name], name
+    spec = MergeRequest(models=("a", "b"), ratios=(1, -1), output="o", new_rank=4, energy=0.9).spec("o")
+    assert (spec.ratios, spec.new_rank, spec.energy, spec.output_name) == ((1.0, -1.0), 4, 0.9, "o")
+
+
+def test_one_save_precision_table_for_the_cli_and_the_tab():
+    import torch
+
+    from lib_copylora.service.merge_options import save_dtype
+
+    assert [save_dtype(n) for n in ("fp16", "bf16", "fp32", "float")] == \
+        [torch.float16, torch.bfloat16, torch.float32, torch.float32]

@@ -27,3 +27,7 @@ class MergeError(CopyLoraError):
 
 class OutputExists(CopyLoraError):
     """The output path exists and overwriting was not asked for."""
+
+
+class NonFiniteSpec(SpecError):
+    """A block-weight spec holds nan or inf: applying it would poison the image, so the prompt hook skips the LoRA."""

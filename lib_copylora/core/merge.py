@@ -158,11 +158,9 @@ def _uncovered_block_notes(loras: Sequence[LoraFile], spec: MergeSpec) -> list[s
     notes = []
     for index, lora in enumerate(loras):
         blocks = spec.blocks[index] if spec.blocks is not None else None
-        uncovered = sorted(blocks.uncovered_blocks(lora.layers)) if blocks is not None else []
-        if uncovered:
-            notes.append(f"{lora.name}: its block weights ({len(blocks.values)} values) do not name "
-                         f"{', '.join(uncovered)}, so its modules there get weight 0; use the long format to "
-                         f"set them")
+        note = blocks.uncovered_note(lora.name, lora.layers) if blocks is not None else None
+        if note is not None:
+            notes.append(note)
     return notes
 
 

@@ -9,6 +9,7 @@ generation and Train tab; listing, scanning and presets do not touch the model a
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Optional, Protocol, Sequence
@@ -23,6 +24,8 @@ from .safe_paths import resolve_inside
 from .train_request import Folders, TrainRequest, build_section
 
 MERGE_JOB = "copylora-merge"
+UNLOAD_SAVE_WAIT_S = 120  # a step to finish, then the LoRA and its resume state written: seconds, rarely more
+log = logging.getLogger("copylora")
 
 
 class ServiceHost(Protocol):
@@ -64,8 +67,20 @@ class CopyLoraService:
         self.jobs = JobQueue(host.runner())
 
     def shutdown(self) -> None:
-        """on_script_unloaded: stop the running job and cancel queued ones; the worker thread ends."""
-        self.jobs.shutdown()
+        """on_script_unloaded (the WebUI's Reload UI): a running job stops and saves what it learned with a
+        resume state, as Stop and save does, so a reload never loses a run; queued jobs are cancelled. Says so in
+        the console, and waits for the save before the WebUI goes on reloading."""
+        running = [s for s in self.jobs.list() if s.state is JobState.RUNNING]
+        for status in running:
+            log.warning("CopyLoRA: the WebUI is reloading its scripts: stopping training run %s and saving what it "
+                        "learned and a resume state (Resume in the tab continues it)", status.name)
+        stopped = self.jobs.shutdown(save=True, timeout=UNLOAD_SAVE_WAIT_S)
+        cancelled = len(stopped) - len(running)
+        if cancelled > 0:
+            log.warning("CopyLoRA: %d queued training run(s) cancelled by the reload", cancelled)
+        if any(s.state is JobState.RUNNING for s in self.jobs.list()):
+            log.warning("CopyLoRA: a training run was still saving after %d s; its files may be incomplete",
+                        UNLOAD_SAVE_WAIT_S)
 
     # ---- training ----------------------------------------------------------------------------------------------
 

@@ -1,8 +1,7 @@
 """Widgets in the WebUI's look: one gradio component per `FieldSpec`, its help as `info=`, tool buttons.
 
-Written for gradio 3.41 (WebUI v1.10.1) and gradio 4.40 (Forge). Where they differ, the difference is kept here:
-the JavaScript hook of an event is `_js=` in 3.x and `js=` in 4.x, and in 4.x numbers and radios have no `blur`
-event.
+Written for gradio 3.41 (WebUI v1.10.1) and gradio 4.40 (Forge). Where they differ, webui/compat.py says how (the
+JavaScript hook of an event is `_js=` in 3.x and `js=` in 4.x; in 4.x numbers and radios have no `blur` event).
 """
 
 from __future__ import annotations
@@ -10,28 +9,26 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 import gradio as gr
-from ..webui.compat import ui_components
+from ..webui import compat
 from .fields import FieldSpec, Widget
 
-_host = ui_components()  # the WebUI's look (see docs/tab.md)
+_host = compat.ui_components()  # the WebUI's look (see docs/tab.md)
 FormRow, InputAccordion, ToolButton = _host.FormRow, _host.InputAccordion, _host.ToolButton
 
 __all__ = ["FormRow", "InputAccordion", "ToolButton", "field_component", "tool_button", "js", "not_saved",
            "hover", "all_updates", "guarded", "on_commit"]
 REFRESH_SYMBOL = "\U0001f504"  # 🔄, the WebUI's refresh button
-GRADIO_MAJOR = int(gr.__version__.split(".")[0])
 
 
 def js(function_name: str) -> dict:
     """Keyword arguments that run a JavaScript function (from javascript/copylora.js) on an event."""
-    return {"js" if GRADIO_MAJOR >= 4 else "_js": function_name}
+    return {compat.js_event_argument(): function_name}
 
 
 def on_commit(component: Any) -> Callable:
     """The event that fires once a value is entered: `blur` for typed values (`change` fires on every key typed
     into a box), `change` for choices and for numbers on gradio 4, which gives them no `blur`."""
-    typed = isinstance(component, (gr.Textbox, gr.Number))
-    return component.blur if typed and hasattr(component, "blur") else component.change
+    return compat.commit_event(component, typed=isinstance(component, (gr.Textbox, gr.Number)))
 
 
 def not_saved(*components: Any) -> None:

@@ -17,6 +17,7 @@ from ..core.errors import CopyLoraError
 from ..service.jobs import JobStatus, UnknownJob
 from ..service.merge_run import MergeRequest
 from ..service.train_request import SECTIONS, TrainRequest, request_from_dict
+from . import compat, patching
 
 PREFIX = "/copylora/v1"
 
@@ -103,9 +104,10 @@ def _drop_old_routes(app: FastAPI) -> None:
 
 def register_routes(app: FastAPI, service) -> None:
     _drop_old_routes(app)
+    patching.add(("api routes", id(app)), app, _drop_old_routes, "API routes")
 
     def submit(body: TrainRequestModel) -> SubmitResponse:  # type: ignore[valid-type]
-        values = {k: v for k, v in body.dict().items() if v is not None}
+        values = {k: v for k, v in compat.request_values(body).items() if v is not None}
         return SubmitResponse(job_ids=_call(lambda: service.submit(request_from_dict(values))))
 
     def jobs() -> List[JobModel]:
@@ -121,7 +123,7 @@ def register_routes(app: FastAPI, service) -> None:
         return [job_model(s) for s in service.results()]
 
     def merge(body: MergeRequestModel) -> dict:  # type: ignore[valid-type]
-        result = _call(lambda: service.merge(MergeRequest(**body.dict())))
+        result = _call(lambda: service.merge(MergeRequest(**compat.request_values(body))))
         return {"result": result.name, "tag": result.tag, "modules": result.modules, "warnings": result.warnings}
 
     def presets() -> Dict[str, List[float]]:

@@ -30,7 +30,7 @@ from ..core.naming import kohya_name_from_webui_layer
 from ..train.errors import TrainingError
 from ..train.host import Component, NoiseSchedule, Prediction, TargetModule
 from ..train.network import is_linear_like
-from .compat import forge_family
+from . import compat, patching
 from .model_state import BlockForwards, OffloadingRefused, model_tensors
 
 # The text encoders by their key in Forge's CLIP ModuleDict, with the kohya prefix of each (the names Forge's own
@@ -42,6 +42,7 @@ ATTENTION_BLOCKS = ("SpatialTransformer",)
 CONV_BLOCKS = ("ResBlock", "Downsample", "Upsample")
 FLOAT_STORAGE = (torch.float32, torch.float16, torch.bfloat16)
 TEXT_ENGINES = ("text_processing_engine", "text_processing_engine_l", "text_processing_engine_g")
+OWNER = "Forge training weights"
 
 
 def unet_dtype(sd_model) -> torch.dtype:
@@ -61,10 +62,7 @@ def loaded_forge_model(lock: Optional[AbstractContextManager] = None):
 
 
 def refuse_unsupported_forge(sd_model) -> Family:
-    family = forge_family(sd_model)
-    if family is None:
-        raise TrainingError(f"CopyLoRA trains SD1, SD2 and SDXL models; this is a {type(sd_model).__name__} "
-                            "model: load one of those to train")
+    family = compat.model_family(sd_model)  # SD3, Flux, ...: UnsupportedModel, one line
     if getattr(sd_model, "is_inpaint", False):
         raise TrainingError("this is an inpainting model; load the ordinary model of its family to train a LoRA")
     storage = sd_model.forge_objects.unet.model.storage_dtype
@@ -82,21 +80,22 @@ def _ordinary_alias(tensor: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def ordinary_parameters(modules: list[torch.nn.Module]) -> Iterator[int]:
-    """Each inference-tensor parameter swapped for a frozen Parameter over the same memory; the original Parameter
-    objects go back afterwards, whatever happens. Yields how many were swapped."""
-    swapped: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
+    """Each inference-tensor parameter swapped for a frozen Parameter over the same memory (through the patch
+    registry, so a script unload would undo it too); the original Parameter objects go back afterwards, whatever
+    happens. Yields how many were swapped."""
+    swapped: list[tuple[dict, str]] = []
     try:
         for root in modules:
             for module in root.modules():
                 for name, parameter in list(module._parameters.items()):
                     if parameter is not None and parameter.is_inference():
-                        swapped.append((module, name, parameter))
-                        module._parameters[name] = torch.nn.Parameter(_ordinary_alias(parameter),
-                                                                      requires_grad=False)
+                        alias = torch.nn.Parameter(_ordinary_alias(parameter), requires_grad=False)
+                        patching.set_item(module._parameters, name, alias, OWNER)
+                        swapped.append((module._parameters, name))
         yield len(swapped)
     finally:
-        for module, name, parameter in reversed(swapped):
-            module._parameters[name] = parameter
+        for parameters, name in reversed(swapped):
+            patching.restore_item(parameters, name)
 
 
 def _load_original_parts(sd_model) -> None:

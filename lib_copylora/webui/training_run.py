@@ -55,7 +55,10 @@ def _model_dtype(shared) -> torch.dtype:
     if compat.is_forge():
         from modules import call_queue
 
-        return forge_training.unet_dtype(forge_training.loaded_forge_model(call_queue.queue_lock))
+        sd_model = forge_training.loaded_forge_model(call_queue.queue_lock)
+        compat.model_family(sd_model)
+        return forge_training.unet_dtype(sd_model)
+    compat.model_family(shared.sd_model)
     return next(shared.sd_model.model.diffusion_model.parameters()).dtype
 
 
@@ -86,7 +89,7 @@ class WebUIRunner:
         request = with_setting_defaults(request)
         # every name and value is checked before the model is touched (on Forge, touching it may load it)
         config = to_train_config(request, self.folders(), torch.float32)
-        dtype = _model_dtype(shared)
+        dtype = _model_dtype(shared)  # an SD3 or Flux checkpoint: refused here, in one line
         if dtype != torch.float32:  # "auto" precision follows the model's dtype
             config = to_train_config(request, self.folders(), dtype)
         if config.output.path().exists() and not config.output.overwrite and not config.output.resume:
