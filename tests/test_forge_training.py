@@ -195,3 +195,63 @@ def test_the_schedule_and_prediction_come_from_forges_predictor():
 
 def test_forge_is_only_imported_inside_forge():
     assert "backend" not in forge_training.__dict__
+
+
+class CrossAttention(torch.nn.Module):
+    def __init__(self, width=8, heads=2):
+        super().__init__()
+        self.heads, self.dim_head = heads, width // heads
+        self.to_q, self.to_k, self.to_v = Linear(width, width), Linear(width, width), Linear(width, width)
+        self.to_out = torch.nn.Sequential(Linear(width, width), torch.nn.Dropout(0.0))
+
+    def forward(self, x, context=None):
+        context = x if context is None else context
+        q, k, v = (t.reshape(t.shape[0], -1, self.heads, self.dim_head).transpose(1, 2)
+                   for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+        weights = torch.softmax(q @ k.transpose(-1, -2) / self.dim_head ** 0.5, dim=-1)
+        return self.to_out((weights @ v).transpose(1, 2).reshape(x.shape[0], -1, self.heads * self.dim_head))
+
+
+class BasicTransformerBlock(torch.nn.Module):
+    """Shaped like Forge's: its `_forward` adds the attention outputs into `x` in place."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.ff_in, self.is_res, self.disable_self_attn = False, True, False
+        self.norm1, self.norm2, self.norm3 = (torch.nn.LayerNorm(width) for _ in range(3))
+        self.attn1, self.attn2 = CrossAttention(width), CrossAttention(width)
+        self.ff = torch.nn.Sequential(Linear(width, 16), torch.nn.GELU(), Linear(16, width))
+
+    def forward(self, x, context=None, transformer_options=None):
+        return self._forward(x, context, transformer_options)
+
+    def _forward(self, x, context=None, transformer_options=None):
+        x += self.attn1(self.norm1(x))
+        x += self.attn2(self.norm2(x), context)
+        skip = x
+        x = self.ff(self.norm3(x))
+        x += skip
+        return x
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_transformer_blocks_train_out_of_place_and_compute_what_forge_computes(checkpointing):
+    torch.manual_seed(1)
+    blocks = torch.nn.Sequential(BasicTransformerBlock(), BasicTransformerBlock())
+    x, context = torch.randn(2, 5, 8), torch.randn(2, 3, 8)
+    with torch.no_grad():
+        reference = blocks[1](blocks[0](x.clone(), context), context)
+    delta = torch.nn.Parameter(torch.zeros(8))
+    with pytest.raises(RuntimeError, match="inplace operation"):
+        blocks[1](blocks[0](x + delta, context), context).sum().backward()
+    forwards = forge_training.ForgeBlockForwards(blocks)
+    assert len(forwards.blocks) == 2
+    forwards.set(checkpointing=checkpointing)
+    try:
+        out = blocks[1](blocks[0](x + delta, context), context)
+        out.pow(2).sum().backward()
+    finally:
+        forwards.restore()
+    assert torch.allclose(out, reference, atol=1e-5)
+    assert delta.grad is not None and delta.grad.abs().sum() > 0
+    assert all("forward" not in vars(block) for block in blocks)

@@ -20,10 +20,12 @@ Forge's `shared.sd_model` is no torch module: it is a `ForgeDiffusionEngine` who
 
 from __future__ import annotations
 
+import functools
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Callable, Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 
 from ..core.family import Family
 from ..core.naming import kohya_name_from_webui_layer
@@ -116,6 +118,42 @@ def _load_original_parts(sd_model) -> None:
             "unloaded) or train with the command line (python -m lib_copylora train ...) and load the result here")
 
 
+def _attention(attention: torch.nn.Module, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+    """A Forge CrossAttention's computation through its own projections, with torch's attention kernel: Forge's
+    kernels (sub-quadratic, split) are written for inference."""
+    context = x if context is None else context
+    heads, width = attention.heads, attention.dim_head
+    q, k, v = (t.reshape(t.shape[0], -1, heads, width).transpose(1, 2)
+               for t in (attention.to_q(x), attention.to_k(context), attention.to_v(context)))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return attention.to_out(out.transpose(1, 2).reshape(x.shape[0], -1, heads * width))
+
+
+def _transformer_block_forward(block: torch.nn.Module, x: torch.Tensor, context=None, transformer_options=None):
+    """Forge's BasicTransformerBlock adds each attention's output into `x` in place, which autograd cannot undo
+    for the layer norms that read `x`: the same sums out of place. A training run installs no attention patches,
+    so the block's patch hooks have nothing to call."""
+    if block.ff_in:
+        x = block.ff_in(block.norm_in(x)) + (x if block.is_res else 0)
+    x = x + _attention(block.attn1, block.norm1(x), context if block.disable_self_attn else None)
+    x = x + _attention(block.attn2, block.norm2(x), context)
+    out = block.ff(block.norm3(x))
+    return out + x if block.is_res else out
+
+
+class ForgeBlockForwards(BlockForwards):
+    """Forge's UNet blocks during training: ResBlocks run their own `_forward`; transformer blocks run the
+    out-of-place version above."""
+
+    def trainable_forward(self, block: torch.nn.Module):
+        if type(block).__name__ == "BasicTransformerBlock":
+            if block.attn2 is None:
+                raise TrainingError("this UNet has a transformer block without cross-attention; CopyLoRA trains "
+                                    "SD1, SD2 and SDXL UNets")
+            return functools.partial(_transformer_block_forward, block)
+        return block._forward
+
+
 @contextmanager
 def prepared_forge_model(sd_model) -> Iterator[BlockForwards]:
     """Refuse what cannot train, load the checkpoint's own weights whole, make its weights usable by autograd and
@@ -123,7 +161,7 @@ def prepared_forge_model(sd_model) -> Iterator[BlockForwards]:
     refuse_unsupported_forge(sd_model)
     _load_original_parts(sd_model)
     original = sd_model.forge_objects_original
-    forwards = BlockForwards(original.unet.model.diffusion_model)
+    forwards = ForgeBlockForwards(original.unet.model.diffusion_model)
     with ordinary_parameters([original.unet.model, original.clip.cond_stage_model]):
         try:
             forwards.set(checkpointing=False)

@@ -99,8 +99,8 @@ def model_hash(sd_model) -> str:
     return digest.hexdigest()
 
 
-def _checkpointed(block, *args, **kwargs):
-    return torch.utils.checkpoint.checkpoint(block._forward, *args, use_reentrant=False, **kwargs)
+def _checkpointed(forward, *args, **kwargs):
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 class BlockForwards:
@@ -111,9 +111,14 @@ class BlockForwards:
                        if type(m).__name__ in CHECKPOINTED_BLOCKS and callable(getattr(m, "_forward", None))]
         self.checkpointing: Optional[bool] = None
 
+    def trainable_forward(self, block: torch.nn.Module):
+        """The forward a block runs during training (its `_forward`, past the repository's checkpoint helper)."""
+        return block._forward
+
     def set(self, checkpointing: bool) -> None:
         for block in self.blocks:
-            forward = functools.partial(_checkpointed, block) if checkpointing else block._forward
+            plain = self.trainable_forward(block)
+            forward = functools.partial(_checkpointed, plain) if checkpointing else plain
             patching.set_attribute(block, "forward", forward, "training forwards")
         self.checkpointing = checkpointing
 
