@@ -255,3 +255,20 @@ def test_transformer_blocks_train_out_of_place_and_compute_what_forge_computes(c
     assert torch.allclose(out, reference, atol=1e-5)
     assert delta.grad is not None and delta.grad.abs().sum() > 0
     assert all("forward" not in vars(block) for block in blocks)
+
+
+def test_the_trainers_requires_grad_round_trip_works_on_the_aliases():
+    """The trainer freezes every base weight and restores each flag after; Forge's inference-mode weights refuse
+    `requires_grad_(True)` outside inference mode, their aliases take it."""
+    with torch.inference_mode():
+        vae = torch.nn.Conv2d(3, 8, 1)
+    assert vae.weight.requires_grad and vae.weight.is_inference()
+    with pytest.raises(RuntimeError, match="inference tensor"):
+        vae.weight.requires_grad_(False)
+        vae.weight.requires_grad_(True)
+    with ordinary_parameters([vae]):
+        flags = [(t, t.requires_grad) for t in vae.parameters()]
+        for tensor, _ in flags:
+            tensor.requires_grad_(False)
+        for tensor, flag in flags:
+            tensor.requires_grad_(flag)

@@ -162,7 +162,9 @@ def prepared_forge_model(sd_model) -> Iterator[BlockForwards]:
     _load_original_parts(sd_model)
     original = sd_model.forge_objects_original
     forwards = ForgeBlockForwards(original.unet.model.diffusion_model)
-    with ordinary_parameters([original.unet.model, original.clip.cond_stage_model]):
+    # all three parts: the trainer also sets and restores `requires_grad` on every base weight, which Forge's
+    # inference tensors refuse outside inference mode
+    with ordinary_parameters([original.unet.model, original.clip.cond_stage_model, original.vae.first_stage_model]):
         try:
             forwards.set(checkpointing=False)
             yield forwards
