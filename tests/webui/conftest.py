@@ -79,7 +79,9 @@ def pytest_collection_modifyitems(config, items):
         if config.pluginmanager.hasplugin("timeout"):  # pytest-timeout, from requirements-dev.txt
             for item in items:
                 if any(item.get_closest_marker(m) for m in TIER_MARKERS) and not item.get_closest_marker("timeout"):
-                    item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S))
+                    # the test itself, not its fixtures: the first test's setup waits for the tier's lock while
+                    # other runs hold it, and the server start has its own limit (ServerConfig.ready_timeout_s)
+                    item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S, func_only=True))
         return
     skip = pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
