@@ -35,7 +35,7 @@ def write_plain_lora(path: Path) -> None:
 
 
 def timed(argv: list[str]) -> float:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     started = time.perf_counter()
     subprocess.run(argv, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - started

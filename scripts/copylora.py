@@ -40,7 +40,8 @@ class CopyLoraScript(scripts.Script):
 def _on_unload():
     """Reload UI / unload: a running training run stops and saves; every change to the WebUI's objects is undone."""
     service.shutdown()
-    patching.undo_all()
+    undone = patching.undo_all()
+    print(f"CopyLoRA: unloaded; undid {len(undone)} change(s) to the WebUI ({', '.join(sorted(set(undone))) or 'none'})")
 
 
 xyz_axes.register_axes()

@@ -1,4 +1,4 @@
-"""The core and the trainer never import the WebUI (`modules`) or gradio (DESIGN §1)."""
+"""The core and the trainer never import the WebUI (`modules`) or gradio (docs/architecture.md §1)."""
 
 import ast
 from pathlib import Path

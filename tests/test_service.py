@@ -110,6 +110,19 @@ def test_stop_stops_the_run_and_cancels_the_rest_of_its_submission_only(host):
     service.shutdown()
 
 
+def test_stopping_a_finished_run_leaves_the_rest_of_its_submission(host):
+    (host.root / "datasets" / "a" / "1_a").mkdir(parents=True)
+    service = CopyLoraService(host)
+    first, second = service.submit(sweep("f", "1,2"))
+    host.runner_.finish("f-seed1")
+    wait_for(lambda: service.jobs.status(first).state is JobState.DONE)
+    assert service.stop(first).state is JobState.DONE
+    assert service.jobs.status(second).state in (JobState.QUEUED, JobState.RUNNING)
+    host.runner_.finish("f-seed2")
+    wait_for(lambda: service.jobs.status(second).state is JobState.DONE)
+    service.shutdown()
+
+
 def test_presets_live_in_the_hosts_file(host):
     service = CopyLoraService(host)
     values = [1.0] * 17

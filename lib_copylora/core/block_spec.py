@@ -72,7 +72,7 @@ def parse_values(text: str) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class BlockWeights:
-    """Per-block strength factors for one LoRA, in one of the family's formats (DESIGN §4)."""
+    """Per-block strength factors for one LoRA, in one of the family's formats (docs/architecture.md §6)."""
 
     family: Family
     blocks: tuple[str, ...]

@@ -1,7 +1,7 @@
 """Per-module layer records: the tensors of one LoRA module and the ΔW they stand for.
 
-Convention (DESIGN §2): ΔW = (alpha / rank) · up @ down, in the target weight's shape. Conv k×k layers use the
-flattened `out × (in·k·k)` form; a Tucker `mid` is folded with lycoris-lora's own functions. The LyCORIS kinds
+Convention (docs/architecture.md §4): ΔW = (alpha / rank) · up @ down, in the target weight's shape. Conv k×k layers
+use the flattened `out × (in·k·k)` form; a Tucker `mid` is folded with lycoris-lora's own functions. The LyCORIS kinds
 (LoHa, LoKr) delegate their math to `lycoris.functional` so that our ΔW is theirs, not a rewrite.
 """
 
@@ -73,7 +73,8 @@ class LowRankLayer:
         return len(self.shape) == 4
 
     def delta(self) -> Tensor:
-        return _functional("locon").diff_weight(_f32(self.down), _f32(self.up), _f32(self.mid), gamma=self.scale, backend="torch")
+        return _functional("locon").diff_weight(_f32(self.down), _f32(self.up), _f32(self.mid), gamma=self.scale,
+                                                backend="torch")
 
     def factors(self) -> tuple[Tensor, Tensor]:
         """ΔW as `U @ D` in float32: U (out, r) with the scale folded in, D (r, in·kh·kw). Tucker mid is folded

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
@@ -22,7 +23,6 @@ from .layers import Layer
 from .lorafile import LoraFile
 from .metadata import standard_metadata, with_recipe
 from .naming import Component, component_of
-from .recipe import build_recipe
 from .rerank import RankPolicy, rerank_terms
 
 if TYPE_CHECKING:
@@ -92,6 +92,22 @@ class MergeSpec:
     def reranks(self) -> bool:
         return self.new_rank is not None or self.energy is not None
 
+    def recipe(self, loras: Sequence[LoraFile]) -> dict:
+        """What the output's `copylora` metadata records of this merge: inputs (with the hashes their reader
+        took), ratios, block weights and rank policy. No I/O: an input not read from a file has no file hash."""
+        blocks = None if self.blocks is None else [None if b is None else b.describe() for b in self.blocks]
+        return {
+            "operation": "merge",
+            "inputs": [{"name": lora.name, "file": None if lora.path is None else Path(lora.path).name,
+                        "sha256": lora.sha256, "sshs_model_hash": lora.metadata.get("sshs_model_hash"),
+                        "family": lora.family.value} for lora in loras],
+            "ratios": list(self.ratios),
+            "te_ratios": None if self.te_ratios is None else list(self.te_ratios),
+            "unet_ratios": None if self.unet_ratios is None else list(self.unet_ratios),
+            "blocks": blocks,
+            "rank": {"mode": "svd", **self.policy.describe()} if self.reranks else {"mode": "concat"},
+        }
+
     def weight(self, index: int, module: str) -> float:
         """The multiplier of input `index` for `module`: its (te/unet) ratio times its block weight."""
         ratio = self.ratios[index]
@@ -119,7 +135,7 @@ def merge_loras(loras: Sequence[LoraFile], spec: MergeSpec) -> LoraFile:
     layers, notes = (_rerank_layers if spec.reranks else _concat_layers)(modules, spec)
     notes = _uncovered_block_notes(loras, spec) + notes
     merged = LoraFile(layers=layers, family=family)
-    merged.metadata = with_recipe(standard_metadata(merged, spec.output_name), build_recipe(loras, spec))
+    merged.metadata = with_recipe(standard_metadata(merged, spec.output_name), spec.recipe(loras))
     for note in notes:
         warnings.warn(note, MergeWarning, stacklevel=2)
     return merged

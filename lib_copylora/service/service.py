@@ -89,7 +89,10 @@ class CopyLoraService:
 
     def stop(self, job_id: str, save: bool = False) -> JobStatus:
         """Stop a run (with `save`: write what it learned and a resume state first) and cancel the runs still
-        queued from its submission (the rest of its sweep), as the WebUI's Interrupt does. Tab and API both."""
+        queued from its submission (the rest of its sweep), as the WebUI's Interrupt does. Tab and API both.
+        Stopping a run that has already finished changes nothing."""
+        if self.jobs.status(job_id).state.finished:
+            return self.jobs.status(job_id)
         status = self.jobs.stop(job_id, save=save)
         self.jobs.cancel_group(status.group)
         return self.jobs.status(job_id)

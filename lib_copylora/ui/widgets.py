@@ -12,7 +12,7 @@ import gradio as gr
 from ..webui import compat
 from .fields import FieldSpec, Widget
 
-_host = compat.ui_components()  # the WebUI's look (see docs/tab.md)
+_host = compat.ui_components()  # the WebUI's look (docs/architecture.md §3)
 FormRow, InputAccordion, ToolButton = _host.FormRow, _host.InputAccordion, _host.ToolButton
 
 __all__ = ["FormRow", "InputAccordion", "ToolButton", "field_component", "tool_button", "js", "not_saved",

@@ -1,4 +1,4 @@
-"""CopyLoRA's HTTP API under /copylora/v1 (registered from on_app_started; see docs/tab-api.md).
+"""CopyLoRA's HTTP API under /copylora/v1 (registered from on_app_started; see README.md, "The API").
 
 Bad requests and names that would leave the configured folders answer 400 with a one-line `detail`; unknown job
 ids 404. Request models are generated from the dataclasses the engine validates, so the two cannot drift apart.
@@ -102,9 +102,14 @@ def _drop_old_routes(app: FastAPI) -> None:
     app.router.routes[:] = [r for r in app.router.routes if not getattr(r, "path", "").startswith(PREFIX)]
 
 
-def register_routes(app: FastAPI, service) -> None:
+def _own_routes(app: FastAPI) -> None:
+    """Drop routes an earlier copy left, and record how ours go away on unload (webui/patching.py)."""
     _drop_old_routes(app)
     patching.add(("api routes", id(app)), app, _drop_old_routes, "API routes")
+
+
+def register_routes(app: FastAPI, service) -> None:
+    _own_routes(app)
 
     def submit(body: TrainRequestModel) -> SubmitResponse:  # type: ignore[valid-type]
         values = {k: v for k, v in compat.request_values(body).items() if v is not None}

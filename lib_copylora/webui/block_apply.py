@@ -1,4 +1,4 @@
-"""Per-block LoRA strengths applied through the built-in Lora's own math (A1111; DESIGN §5).
+"""Per-block LoRA strengths applied through the built-in Lora's own math (A1111; docs/architecture.md §7).
 
 Strength enters the built-in math in one place, `NetworkModule.multiplier()`. For a network with block weights we
 give each of its module *instances* a multiplier scaled by that module's block weight (no class is patched), and

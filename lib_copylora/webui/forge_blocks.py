@@ -1,5 +1,5 @@
-"""Per-block LoRA strengths on Forge (DESIGN §5), read against lllyasviel/stable-diffusion-webui-forge at commit
-dfdcbab685e57677014f05a3309b48cc87383167.
+"""Per-block LoRA strengths on Forge (docs/architecture.md §7), read against lllyasviel/stable-diffusion-webui-forge
+at commit dfdcbab685e57677014f05a3309b48cc87383167.
 
 Forge builds no NetworkModule objects. Its Lora extension's `load_networks()` turns each LoRA into *patches* on two
 ModelPatcher objects, the UNet's (`forge_objects.unet`) and the text encoder's (`forge_objects.clip.patcher`):

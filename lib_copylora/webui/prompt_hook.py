@@ -1,4 +1,4 @@
-"""The alwayson script's work for `<lora:name:w:blocks>` prompts (DESIGN §5).
+"""The alwayson script's work for `<lora:name:w:blocks>` prompts (docs/architecture.md §7).
 
 process() / before_process_batch(): rewrite our forms into `lbw=` before the built-in parser sees them.
 after_extra_networks_activate(): scale the loaded networks per block, report problems in the generation's comment

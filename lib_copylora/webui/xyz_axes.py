@@ -1,4 +1,4 @@
-"""Our X/Y/Z plot axes (DESIGN §6): strength, block-weight preset and block sweep.
+"""Our X/Y/Z plot axes (docs/architecture.md §7): strength, block-weight preset and block sweep.
 
 Each axis edits the LoRA tags of the cell's own copy of `p` (its prompt and hires prompt), so the conditioning
 cache, the infotext, hires fix and the API all behave as for a prompt typed by hand. Values are `VALUE` or
