@@ -39,7 +39,7 @@ def _behaviour(network: LoraNetwork, name: str, delta: torch.Tensor) -> tuple[to
     """(what the hooked module adds to the output, what ΔW predicts) on a random input."""
     module = network.placements[name].target.module
     g = torch.Generator().manual_seed(0)
-    if isinstance(module, torch.nn.Linear):
+    if hasattr(module, "in_features"):
         x = torch.randn(5, module.in_features, generator=g)
         predicted = x @ delta.T
     else:
@@ -129,3 +129,58 @@ def test_previews_share_their_noise_with_and_without_the_lora(tmp_path):
     assert torch.equal(early.without_lora, late.without_lora)  # same noise, same base
     assert not torch.equal(late.with_lora, late.without_lora)  # the LoRA changes the picture
     assert 0.0 <= float(late.with_lora.min()) and float(late.with_lora.max()) <= 1.0
+
+
+class OwnLinear(torch.nn.Module):
+    """A host's own linear layer, as Forge builds them: an nn.Module with nn.Linear's attributes, not an nn.Linear."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+class LazyConv2d(torch.nn.Conv2d):
+    """A host's Conv2d subclass that skips initialisation (Forge's does): lycoris must not build its factors with it."""
+
+    def reset_parameters(self):
+        return None
+
+
+def _own_layers(module: torch.nn.Module) -> torch.nn.Module:
+    for name, child in list(module.named_children()):
+        if type(child) is torch.nn.Linear:
+            setattr(module, name, OwnLinear(child))
+        elif type(child) is torch.nn.Conv2d:
+            lazy = LazyConv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+                              padding=child.padding)
+            lazy.weight, lazy.bias = child.weight, child.bias
+            setattr(module, name, lazy)
+        else:
+            _own_layers(child)
+    return module
+
+
+@pytest.mark.parametrize("kind", ["lora", "locon", "loha", "lokr"])
+def test_layers_of_a_hosts_own_classes_train_like_torch_layers(kind):
+    torch_host, own_host = ToyHost(seed=4), ToyHost(seed=4)
+    _own_layers(own_host.model)
+    config = NetworkConfig(kind=kind, rank=2, conv_rank=2, train_text_encoder=True)
+    components = {Component.UNET, Component.TEXT_ENCODER}
+    plain = LoraNetwork(torch_host.target_modules(components), config, seed=3)
+    own = LoraNetwork(own_host.target_modules(components), config, seed=3)
+    assert list(own.placements) == list(plain.placements)
+    assert any(type(p.target.module) is OwnLinear for p in own.placements.values())
+    for (name, a), (_, b) in zip(plain.named_parameters(), own.named_parameters()):
+        assert torch.equal(a, b), name  # same seed, same factors: lycoris initialised them, not the host's class
+        assert not b.is_meta
+    with torch.no_grad():
+        for p in list(plain.parameters()) + list(own.parameters()):
+            p.copy_(torch.full_like(p, 0.1))
+    for name in plain.placements:
+        delta = torch.zeros_like(plain.placements[name].target.module.weight)
+        done, _ = _behaviour(own, name, delta)
+        assert done.abs().max() > 0 and torch.allclose(done, _behaviour(plain, name, delta)[0], atol=1e-6), name

@@ -50,8 +50,7 @@ def select_targets(targets: list[TargetModule], config: NetworkConfig) -> list[P
         if target.conv_block and not config.kind.trains_conv_blocks:
             continue
         module = target.module
-        if isinstance(module, torch.nn.Linear) or (isinstance(module, torch.nn.Conv2d)
-                                                   and tuple(module.kernel_size) == (1, 1)):
+        if is_linear_like(module) or (isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) == (1, 1)):
             chosen.append(Placement(target, config.rank, config.alpha))
         elif isinstance(module, torch.nn.Conv2d):
             if config.kind.trains_conv_blocks:
@@ -64,12 +63,37 @@ def select_targets(targets: list[TargetModule], config: NetworkConfig) -> list[P
     return chosen
 
 
+def is_linear_like(module: torch.nn.Module) -> bool:
+    """A torch Linear, or a host's own linear layer (Forge builds its models from layer classes of its own that
+    derive from nn.Module, not nn.Linear, but keep nn.Linear's attributes and weight layout)."""
+    if isinstance(module, torch.nn.Linear):
+        return True
+    weight = getattr(module, "weight", None)
+    return (isinstance(getattr(module, "in_features", None), int) and isinstance(weight, torch.Tensor)
+            and tuple(weight.shape) == (getattr(module, "out_features", None), module.in_features))
+
+
+def shape_stand_in(module: torch.nn.Module) -> torch.nn.Module:
+    """What lycoris builds its module from. lycoris only reads the layer's class and geometry, and it builds its own
+    factors with the layer's class: a host's subclass (Forge's Conv2d skips initialisation, its Linear is no
+    nn.Linear) gets a weightless torch layer of the same geometry instead. The hook still goes on the real layer."""
+    if type(module) in (torch.nn.Linear, torch.nn.Conv2d):
+        return module
+    if is_linear_like(module):
+        return torch.nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
+    if isinstance(module, torch.nn.Conv2d):
+        return torch.nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
+                               padding=module.padding, dilation=module.dilation, groups=module.groups, bias=False,
+                               device="meta")
+    return module
+
+
 def _make_module(placement: Placement, config: NetworkConfig) -> torch.nn.Module:
     cls = _MODULE_CLASS[config.kind]
     kwargs = dict(multiplier=1.0, lora_dim=placement.rank, alpha=placement.alpha, use_tucker=config.use_tucker)
     if config.kind is NetworkKind.LOKR:
         kwargs.update(factor=config.lokr_factor, decompose_both=False)
-    return cls(placement.target.kohya_name, placement.target.module, **kwargs)
+    return cls(placement.target.kohya_name, shape_stand_in(placement.target.module), **kwargs)
 
 
 class LoraNetwork(torch.nn.Module):

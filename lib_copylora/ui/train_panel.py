@@ -18,7 +18,7 @@ from .train_form import build_train_request, preview_runs
 from .train_presets import DEFAULT_PRESET, PRESET_KEYS, TRAINING_PRESETS, form_defaults, optimizer_note, \
     preset_values
 from .uploads import save_uploaded_dataset
-from .widgets import FormRow, InputAccordion, field_component, guarded, not_saved, tool_button
+from .widgets import FormRow, InputAccordion, field_component, guarded, not_saved, on_commit, tool_button
 
 SETS: tuple[Key, Key] = ((REQUEST, "dataset_a"), (REQUEST, "dataset_b"))
 MAIN_ROWS: tuple[tuple[Key, ...], ...] = (
@@ -151,9 +151,7 @@ class TrainForm:
         for key, scan in zip(SETS, self.scans):
             box = self.fields[key]
             scanner = self._scanner(box, settings, scan)
-            # blur, not change, for typed values: change fires on every key typed into a box
-            for event in [box.select, box.blur] + [c.change if isinstance(c, gr.Checkbox) else c.blur
-                                                   for c in settings.values()]:
+            for event in [box.select, box.blur] + [on_commit(c) for c in settings.values()]:
                 event(scanner, inputs={box, *settings.values()}, outputs=[scan])
         for refresh in self.set_refreshers:
             refresh.click(lambda: [gr.update(choices=self.service.datasets())] * len(SETS),
@@ -195,5 +193,4 @@ class TrainForm:
 
         watched = [self.fields[k] for k in self.specs if self.specs[k].sweepable or k == (REQUEST, "name")]
         for component in watched + [self.fields[k] for k in SETS]:
-            event = component.blur if isinstance(component, gr.Textbox) else component.change
-            event(preview, inputs=self.inputs(), outputs=[runs])
+            on_commit(component)(preview, inputs=self.inputs(), outputs=[runs])

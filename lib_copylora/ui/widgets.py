@@ -1,7 +1,7 @@
 """Widgets in the WebUI's look: one gradio component per `FieldSpec`, its help as `info=`, tool buttons.
 
-Written for gradio 3.41 (WebUI v1.10.1). Where gradio 4 (Forge) differs, webui/compat.py says how (the
-JavaScript hook of an event is `_js=` in 3.x and `js=` in 4.x).
+Written for gradio 3.41 (WebUI v1.10.1) and gradio 4.40 (Forge). Where they differ, webui/compat.py says how (the
+JavaScript hook of an event is `_js=` in 3.x and `js=` in 4.x; in 4.x numbers and radios have no `blur` event).
 """
 
 from __future__ import annotations
@@ -16,13 +16,19 @@ _host = compat.ui_components()  # the WebUI's look (docs/architecture.md §3)
 FormRow, InputAccordion, ToolButton = _host.FormRow, _host.InputAccordion, _host.ToolButton
 
 __all__ = ["FormRow", "InputAccordion", "ToolButton", "field_component", "tool_button", "js", "not_saved",
-           "hover", "all_updates", "guarded"]
+           "hover", "all_updates", "guarded", "on_commit"]
 REFRESH_SYMBOL = "\U0001f504"  # 🔄, the WebUI's refresh button
 
 
 def js(function_name: str) -> dict:
     """Keyword arguments that run a JavaScript function (from javascript/copylora.js) on an event."""
     return {compat.js_event_argument(): function_name}
+
+
+def on_commit(component: Any) -> Callable:
+    """The event that fires once a value is entered: `blur` for typed values (`change` fires on every key typed
+    into a box), `change` for choices and for numbers on gradio 4, which gives them no `blur`."""
+    return compat.commit_event(component, typed=isinstance(component, (gr.Textbox, gr.Number)))
 
 
 def not_saved(*components: Any) -> None:

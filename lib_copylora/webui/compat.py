@@ -33,6 +33,11 @@ def is_forge() -> bool:
     return importlib.util.find_spec("modules_forge") is not None
 
 
+def is_forge_model(sd_model) -> bool:
+    """Forge's loaded model is a `ForgeDiffusionEngine` holding its parts in `forge_objects`, not a torch module."""
+    return hasattr(sd_model, "forge_objects")
+
+
 def gradio_major() -> int:
     import gradio
 
@@ -42,6 +47,12 @@ def gradio_major() -> int:
 def js_event_argument() -> str:
     """The keyword of an event's JavaScript hook: `_js=` in gradio 3 (WebUI v1.10), `js=` in gradio 4 (Forge)."""
     return "js" if gradio_major() >= 4 else "_js"
+
+
+def commit_event(component: Any, typed: bool) -> Any:
+    """The event that fires once a value is entered: `blur` for typed values (`change` fires on every key), except
+    where the component has none (gradio 4 gives numbers and radios no `blur`); `change` for choices."""
+    return component.blur if typed and hasattr(component, "blur") else component.change
 
 
 def uploaded_path(file: Any) -> str:

@@ -72,12 +72,25 @@ def clear_builtin_lora(sd_model, networks) -> int:
     return restored
 
 
+def model_tensors(sd_model) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer of the loaded model. Forge's model is no torch module: its parts (the UNet with
+    its schedule, the text encoders, the VAE) each sit in their own patcher."""
+    if not compat.is_forge_model(sd_model):
+        yield from sd_model.state_dict(keep_vars=True).items()
+        return
+    objects = sd_model.forge_objects
+    parts = {"unet": objects.unet.model, "clip": objects.clip.cond_stage_model, "vae": objects.vae.first_stage_model}
+    for part, module in parts.items():
+        for name, tensor in module.state_dict(keep_vars=True).items():
+            yield f"{part}.{name}", tensor
+
+
 def model_hash(sd_model) -> str:
     """sha256 over every parameter and buffer of the loaded model (names, dtypes, shapes and bytes), in name
     order: equal hashes mean a bit-identical model. A diagnostic: it reads the whole model (seconds)."""
     digest = hashlib.sha256()
     with torch.no_grad():
-        for name, tensor in sorted(sd_model.state_dict(keep_vars=True).items()):
+        for name, tensor in sorted(model_tensors(sd_model), key=lambda item: item[0]):
             if not isinstance(tensor, torch.Tensor):
                 continue
             data = tensor.detach()
@@ -86,8 +99,8 @@ def model_hash(sd_model) -> str:
     return digest.hexdigest()
 
 
-def _checkpointed(block, *args, **kwargs):
-    return torch.utils.checkpoint.checkpoint(block._forward, *args, use_reentrant=False, **kwargs)
+def _checkpointed(forward, *args, **kwargs):
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 class BlockForwards:
@@ -98,9 +111,14 @@ class BlockForwards:
                        if type(m).__name__ in CHECKPOINTED_BLOCKS and callable(getattr(m, "_forward", None))]
         self.checkpointing: Optional[bool] = None
 
+    def trainable_forward(self, block: torch.nn.Module):
+        """The forward a block runs during training (its `_forward`, past the repository's checkpoint helper)."""
+        return block._forward
+
     def set(self, checkpointing: bool) -> None:
         for block in self.blocks:
-            forward = functools.partial(_checkpointed, block) if checkpointing else block._forward
+            plain = self.trainable_forward(block)
+            forward = functools.partial(_checkpointed, plain) if checkpointing else plain
             patching.set_attribute(block, "forward", forward, "training forwards")
         self.checkpointing = checkpointing
 

@@ -6,6 +6,7 @@ What is patched, and by whom (see docs/architecture.md, "Host patches"):
   and a re-merge of its layers when those go away;
 - `forge_blocks`: our scaled ModelPatchers installed in a Forge model's `forge_objects`;
 - `model_state`: per-instance `forward` of the UNet's blocks and the loaded hypernetworks, during a training run;
+- `forge_training`: Forge's inference-mode parameters, swapped for ordinary tensors over the same memory during a run;
 - `host`: the clip-skip option, for one text encode;
 - `xyz_axes`: our axes in the X/Y/Z plot's `axis_options`;
 - `api`: our routes on the FastAPI app.

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..service.train_request import Folders
-from . import compat
+from . import compat, forge_training
 from .folders import webui_folders
 from .paths import preset_path
 from .training_run import WebUIRunner
@@ -49,7 +49,7 @@ class WebUIServiceHost:
         from .model_state import model_hash
 
         with call_queue.queue_lock:
-            model = shared.sd_model
+            model = forge_training.loaded_forge_model() if compat.is_forge() else shared.sd_model
             info = getattr(model, "sd_checkpoint_info", None)
             return {"sha256": model_hash(model), "checkpoint": getattr(info, "title", None)}
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -19,12 +20,12 @@ from ..train.config import TrainConfig
 from ..train.dataset import ImageDataset
 from ..train.host import Component
 from ..train.routes import train
-from . import compat, settings
+from . import compat, forge_training, settings
 from .host import WebUIHost, clip_skip_option
 from ..service.jobs import Job, JobState
 from .model_state import prepared_model
 from ..service.safe_paths import relative_name
-from ..service.train_request import Folders, TrainRequest, prepare_run
+from ..service.train_request import Folders, TrainRequest, prepare_run, to_train_config
 
 log = logging.getLogger("copylora")
 JOB_NAME = "copylora-train"
@@ -50,6 +51,32 @@ def with_setting_defaults(request: TrainRequest) -> TrainRequest:
     return dataclasses.replace(request, **changes) if changes else request
 
 
+def _model_dtype(shared) -> torch.dtype:
+    if compat.is_forge():
+        from modules import call_queue
+
+        sd_model = forge_training.loaded_forge_model(call_queue.queue_lock)
+        compat.model_family(sd_model)
+        return forge_training.unet_dtype(sd_model)
+    compat.model_family(shared.sd_model)
+    return next(shared.sd_model.model.diffusion_model.parameters()).dtype
+
+
+@contextmanager
+def training_host(shared) -> Iterator[Any]:
+    """The loaded model as a training host, prepared for the run and put back afterwards (call under the queue
+    lock). A1111 and Forge hold their models in different objects; both hosts speak the same protocol."""
+    interrupted = lambda: bool(shared.state.interrupted)  # noqa: E731
+    if compat.is_forge():
+        sd_model = forge_training.loaded_forge_model()
+        with forge_training.prepared_forge_model(sd_model) as forwards:
+            yield forge_training.ForgeHost(sd_model, forwards, interrupted)
+        return
+    with prepared_model(shared.sd_model, shared.cmd_opts, compat.builtin_lora(), shared) as forwards:
+        yield WebUIHost(shared.sd_model, shared.device, forwards, interrupted,
+                        lambda skip: clip_skip_option(shared.opts, skip))
+
+
 class WebUIRunner:
     """Prepares requests against the WebUI's folders and runs them on its loaded model."""
 
@@ -60,8 +87,9 @@ class WebUIRunner:
         from modules import shared
 
         request = with_setting_defaults(request)
-        compat.model_family(shared.sd_model)  # an SD3 or Flux checkpoint: refused at submit, in one line
-        dtype = next(shared.sd_model.model.diffusion_model.parameters()).dtype
+        # every name and value is checked before the model is touched (on Forge, touching it may load it)
+        to_train_config(request, self.folders(), torch.float32)
+        dtype = _model_dtype(shared)  # an SD3 or Flux checkpoint: refused here, in one line
         return prepare_run(request, self.folders(), dtype)
 
     @staticmethod
@@ -85,9 +113,7 @@ class WebUIRunner:
         shared.state.textinfo = f"CopyLoRA: preparing {job.request.name}"
         data_a = ImageDataset(config.dataset_a)
         data_b = ImageDataset(config.dataset_b) if config.dataset_b is not None else None
-        with prepared_model(shared.sd_model, shared.cmd_opts, compat.builtin_lora(), shared) as forwards:
-            host = WebUIHost(shared.sd_model, shared.device, forwards, lambda: bool(shared.state.interrupted),
-                             lambda skip: clip_skip_option(shared.opts, skip))
+        with training_host(shared) as host:
             if config.network.train_text_encoder:
                 host.target_modules({Component.TEXT_ENCODER})  # fills host.notes on what cannot be trained
             for note in host.notes:

@@ -7,6 +7,7 @@ import io
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -20,6 +21,11 @@ DEFAULT_SAMPLER = "Euler"  # deterministic, no ancestral noise: same seed, same 
 
 class WebuiHttpError(RuntimeError):
     """The WebUI answered with an HTTP error; the message carries its body (FastAPI puts the reason there)."""
+
+
+class ServerFolders(NamedTuple):
+    loras: Path  # --lora-dir: where the built-in Lora extension lists networks and CopyLoRA writes results
+    datasets: Path  # CopyLoRA's image sets: <--copylora-dir or <data dir>/copylora>/datasets
 
 
 class Txt2ImgResult(NamedTuple):
@@ -78,18 +84,34 @@ class WebuiClient:
         return self.get("/internal/sysinfo")
 
     def loaded_checkpoint(self) -> dict:
-        """The /sdapi/v1/sd-models entry of the checkpoint in use."""
+        """The /sdapi/v1/sd-models entry of the checkpoint in use. Titles gain " [hash]" once the WebUI hashed
+        the file (Forge does that at the first generation), so either form of the title matches."""
         title = self.get("/sdapi/v1/options")["sd_model_checkpoint"]
         for model in self.get("/sdapi/v1/sd-models"):
-            if model["title"] == title:
+            if _unhashed(model["title"]) == _unhashed(title):
                 return model
         raise KeyError(f"the checkpoint in use, {title!r}, is not in /sdapi/v1/sd-models")
+
+    def folders(self) -> ServerFolders:
+        """The running server's Lora and CopyLoRA datasets folders. For a server this run started they come from
+        its command line; otherwise from /sdapi/v1/cmd-flags, which Forge answers with HTTP 500 whenever it was
+        started with --port (its response model wants the port as a string)."""
+        if self.server is not None:
+            config = self.server.config
+            return ServerFolders(config.lora_dir, config.data_dir / "copylora" / "datasets")
+        flags = self.get("/sdapi/v1/cmd-flags")
+        root = Path(flags.get("copylora_dir") or Path(flags["data_dir"]) / "copylora")
+        return ServerFolders(Path(flags["lora_dir"]), root / "datasets")
 
     def restart(self) -> None:
         """Stop the server process and start it again; only for a server this test run started."""
         if self.server is None:
             raise RuntimeError("this WebUI was started by someone else (COPYLORA_WEBUI_URL); it cannot be restarted")
         self.base_url = self.server.restart()  # a fresh process gets a fresh free port
+
+
+def _unhashed(title: str) -> str:
+    return title.split(" [", 1)[0]
 
 
 def decode_image(encoded: str) -> np.ndarray:

@@ -79,6 +79,8 @@ def pytest_collection_modifyitems(config, items):
         if config.pluginmanager.hasplugin("timeout"):  # pytest-timeout, from requirements-dev.txt
             for item in items:
                 if any(item.get_closest_marker(m) for m in TIER_MARKERS) and not item.get_closest_marker("timeout"):
+                    # fixtures count too (a hung checkpoint switch must end); the wait for the tier's lock does
+                    # not, since pytest_runtestloop takes it before the first test
                     item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S))
         return
     skip = pytest.mark.skip(reason=SKIP_REASON)

@@ -29,7 +29,8 @@ OFFLINE_CPU_FLAGS = (
     "--loglevel", "DEBUG",  # the built-in Lora extension reports unmatched LoRA keys only at DEBUG
 )
 # Forge (a tree with `modules_forge/`) takes the same flags plus its own device flag, and loads the model at the first
-# generation rather than at start-up, so it is ready once its API answers.
+# generation rather than at start-up, so it is ready once its API answers. With --data-dir outside the tree, its
+# gradio 4 serves none of the tree's own scripts and styles (HTTP 403) unless the tree is an allowed path.
 FORGE_CPU_FLAGS = ("--always-cpu",)
 # Inherited variables that would change what starts: extra flags, our venv's imports.
 DROPPED_ENV = ("COMMANDLINE_ARGS", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
@@ -101,7 +102,8 @@ class WebuiServer:
 
     def command(self, port: int) -> list[str]:
         c = self.config
-        forge_flags = FORGE_CPU_FLAGS if is_forge_tree(c.webui_dir) else ()
+        forge_flags = (*FORGE_CPU_FLAGS, "--gradio-allowed-path", str(c.webui_dir)) if is_forge_tree(c.webui_dir) \
+            else ()
         return [str(c.python), "launch.py", *OFFLINE_CPU_FLAGS, *forge_flags, "--port", str(port),
                 "--data-dir", str(c.data_dir), "--ckpt", str(c.checkpoint), "--lora-dir", str(c.lora_dir)]
 

@@ -48,7 +48,7 @@ def engine_loras(webui, tmp_path_factory):
     from lib_copylora.core.merge import MergeSpec, merge_loras
     from lib_copylora.hosts.tiny import write_ab_sets
 
-    lora_dir = Path(webui.get("/sdapi/v1/cmd-flags")["lora_dir"]) / SUBFOLDER
+    lora_dir = webui.folders().loras / SUBFOLDER
     lora_dir.mkdir(parents=True, exist_ok=True)
     data_a, data_b = write_ab_sets(tmp_path_factory.mktemp("sets"), count=1, size=(64, 64), repeats=1, seed=3)
     a = _train(lora_dir, data_a, "engine_a", seed=1)

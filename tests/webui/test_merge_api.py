@@ -4,7 +4,6 @@ listed at once, and it acts like the sum of its parts; names outside the Lora fo
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ SEED = 777
 
 @pytest.fixture(scope="module")
 def lora_dir(webui):
-    folder = Path(webui.get("/sdapi/v1/cmd-flags")["lora_dir"])
+    folder = webui.folders().loras
     yield folder
     shutil.rmtree(folder / SUBFOLDER, ignore_errors=True)
     webui.post("/sdapi/v1/refresh-loras", {})

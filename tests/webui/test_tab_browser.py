@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .server import is_forge_tree
+
 pytestmark = [pytest.mark.webui, pytest.mark.browser]
 
 SUBFOLDER = "copylora-tab-tests"
@@ -69,8 +71,7 @@ def page(request, webui_settings, tmp_path_factory):
 def tab_sets(webui):
     from PIL import Image
 
-    flags = webui.get("/sdapi/v1/cmd-flags")
-    datasets = Path(flags.get("copylora_dir") or Path(flags["data_dir"]) / "copylora") / "datasets"
+    datasets = webui.folders().datasets
     for name, colour in (("tab_a", (200, 40, 40)), ("tab_b", (40, 40, 200))):
         folder = datasets / name / "2_x"
         folder.mkdir(parents=True, exist_ok=True)
@@ -78,16 +79,18 @@ def tab_sets(webui):
         for i in range(2):
             noise = rng.integers(-30, 30, size=(64, 64, 3))
             Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    lora_dir = Path(flags["lora_dir"])
+    lora_dir = webui.folders().loras
     yield lora_dir
     shutil.rmtree(lora_dir / SUBFOLDER, ignore_errors=True)
     webui.post("/sdapi/v1/refresh-loras", {})
 
 
 def _shot(page, webui_settings, name: str) -> Path:
+    """A full-page screenshot, named for the host (A1111 and Forge runs share the cache)."""
     folder = webui_settings.cache_dir / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.png"
+    host = "forge" if webui_settings.webui_dir and is_forge_tree(webui_settings.webui_dir) else "webui"
+    path = folder / f"{host}-{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
 

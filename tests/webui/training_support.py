@@ -33,9 +33,8 @@ def write_images(folder: Path, colour: tuple[int, int, int], count: int, seed: i
 
 def server_folders(webui) -> tuple[Path, Path]:
     """(CopyLoRA's datasets folder, the Lora folder) of the running server."""
-    flags = webui.get("/sdapi/v1/cmd-flags")
-    root = Path(flags.get("copylora_dir") or Path(flags["data_dir"]) / "copylora")
-    return root / "datasets", Path(flags["lora_dir"])
+    folders = webui.folders()
+    return folders.datasets, folders.loras
 
 
 def wait_for_job(webui, job_id: str, until=lambda s: s["state"] in FINISHED, timeout: float = 900.0) -> dict:
@@ -55,7 +54,7 @@ def wait_for_job(webui, job_id: str, until=lambda s: s["state"] in FINISHED, tim
 def switch_checkpoint(webui, title: str) -> None:
     """Load a checkpoint the way the UI's dropdown does; the API answers once the model is loaded."""
     webui.post("/sdapi/v1/options", {"sd_model_checkpoint": title})
-    assert webui.loaded_checkpoint()["title"].startswith(title)  # the WebUI adds " [hash]" once it hashed it
+    assert webui.loaded_checkpoint()["title"].startswith(title.split(" [", 1)[0])  # " [hash]" once hashed
 
 
 @contextlib.contextmanager
