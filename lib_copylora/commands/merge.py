@@ -54,6 +54,10 @@ def add_parser(subparsers) -> None:
              f"a preset name, or {NO_BLOCKS} for none")
     add("--presets", default=None, metavar="FILE",
         help="block-weight preset file, NAME:v1,v2,... per line (default: shipped presets + the user's file)")
+    add("--base", default=None, metavar="CHECKPOINT",
+        help="the model the LoRAs were made for (SD1/SD2/SDXL single-file .safetensors): needed when an input has "
+             "DoRA, OFT/BOFT, IA3 or GLoRA modules, whose change depends on the weight they modify; only the "
+             "weights those modules touch are read")
     add("--overwrite", action="store_true", help="replace --save_to if it exists")
     parser.set_defaults(func=run)
 
@@ -82,12 +86,16 @@ def run(args: argparse.Namespace) -> int:
         if not Path(model).is_file():
             raise FormatError(f"{model}: no such file")
     loras = [read_lora(model) for model in args.models]
+    for lora in loras:
+        for note in lora.notes:
+            print(f"note: {lora.name}: {note}")
     spec = dataclasses.replace(spec, blocks=_parse_blocks(args.blocks, args.presets, loras))
+    base = _open_base(args.base, loras)
     read_done = time.perf_counter()
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MergeWarning)
-        merged = merge_loras(loras, spec)
+        merged = merge_loras(loras, spec, base)
     for warning in caught:
         print(f"warning: {warning.message}")
     merge_done = time.perf_counter()
@@ -99,6 +107,18 @@ def run(args: argparse.Namespace) -> int:
           f"{finished - started:.2f} s (read {read_done - started:.2f} s, merge {merge_done - read_done:.2f} s, "
           f"write {finished - merge_done:.2f} s)")
     return 0
+
+
+def _open_base(path: Optional[str], loras):
+    """The base checkpoint, opened (and hashed) only when an input needs it; a base nobody needs is noted."""
+    if path is None:
+        return None
+    if not any(lora.needs_base for lora in loras):
+        print(f"note: --base {path} not needed: no input has DoRA, OFT, IA3 or GLoRA modules")
+        return None
+    from ..core.base_weights import open_checkpoint_base
+
+    return open_checkpoint_base(path)
 
 
 def _parse_blocks(specs: Optional[Sequence[str]], presets_path: Optional[str], loras) -> Optional[tuple]:

@@ -27,3 +27,7 @@ class MergeError(CopyLoraError):
 
 class OutputExists(CopyLoraError):
     """The output path exists and overwriting was not asked for."""
+
+
+class BaseModelError(CopyLoraError):
+    """Base-aware kinds need the weights they modify: none was given, or the base does not fit the LoRA."""

@@ -34,8 +34,9 @@ def describe_input(lora: LoraFile) -> dict:
     }
 
 
-def build_recipe(loras: Sequence[LoraFile], spec: "MergeSpec") -> dict:
-    """A JSON-ready description of the merge: inputs (with hashes), ratios, block weights and rank policy."""
+def build_recipe(loras: Sequence[LoraFile], spec: "MergeSpec", base: Optional[dict] = None) -> dict:
+    """A JSON-ready description of the merge: inputs (with hashes), ratios, block weights and rank policy, and the
+    base model (named by its hash, as its reader described it) when base-aware kinds needed one."""
     blocks = None
     if spec.blocks is not None:
         blocks = [None if b is None else b.describe() for b in spec.blocks]
@@ -48,4 +49,5 @@ def build_recipe(loras: Sequence[LoraFile], spec: "MergeSpec") -> dict:
         "unet_ratios": None if spec.unet_ratios is None else list(spec.unet_ratios),
         "blocks": blocks,
         "rank": rank,
+        "base": base,
     }
