@@ -152,9 +152,10 @@ class OftLayer:
         return self.rescale is not None and self.rescale.dim() == 4
 
     def describe(self) -> tuple[str, str]:
-        dims = "×".join(str(int(s)) for s in self.blocks.shape[:-1])
+        *stages, count, size, _ = (int(s) for s in self.blocks.shape)
+        text = f"{count} blocks of {size}" + (f" in {stages[0]} butterfly stages" if stages else "")
         alpha = "none" if self.alpha is None or self.alpha == 0 else f"{self.alpha:g} (constraint per channel)"
-        return f"blocks {dims}", alpha
+        return text, alpha
 
     def fits(self, base_shape: Shape) -> Optional[str]:
         if int(base_shape[0]) != self.out_dim:
@@ -213,7 +214,7 @@ class Ia3Layer:
 
     def describe(self) -> tuple[str, str]:
         side = "input" if self.on_input else "output"
-        return f"none ({self.weight.numel()} {side} scales)", "none"
+        return f"{self.weight.numel()} {side} scales", "none"
 
     def fits(self, base_shape: Shape) -> Optional[str]:
         axis = 1 if self.on_input else 0
