@@ -10,7 +10,7 @@ import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, NamedTuple, Optional, Sequence
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -71,7 +71,10 @@ def output_path(request: MergeRequest, lora_dir: Path) -> Path:
     return lora_file_inside(folder, request.output, "output")
 
 
-def run_merge(request: MergeRequest, lora_dir: Path, presets: Mapping[str, Sequence[float]]) -> MergeResult:
+def run_merge(request: MergeRequest, lora_dir: Path, presets: Mapping[str, Sequence[float]],
+              base_weights: Optional[Callable[[], object]] = None) -> MergeResult:
+    """`base_weights` makes the base-weights provider (core/base_weights.py) DoRA/OFT/IA3/GLoRA inputs need; it is
+    called only when an input has such modules."""
     lora_dir = Path(lora_dir).resolve()
     target = output_path(request, lora_dir)
     if target.exists() and not request.overwrite:
@@ -88,7 +91,8 @@ def run_merge(request: MergeRequest, lora_dir: Path, presets: Mapping[str, Seque
         spec = dataclasses.replace(spec, blocks=blocks)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MergeWarning)
-        merged = merge_loras(loras, spec)
+        needs_base = base_weights is not None and any(lora.needs_base for lora in loras)
+        merged = merge_loras(loras, spec, base_weights() if needs_base else None)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[request.save_precision]
     target.parent.mkdir(parents=True, exist_ok=True)
     written = write_lora(merged, target, dtype=dtype, overwrite=request.overwrite)

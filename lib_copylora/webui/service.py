@@ -46,12 +46,14 @@ class CopyLoraService:
         from modules import call_queue, shared
 
         from . import compat
+        from .base_weights import LoadedModelBase
         from .paths import webui_presets
 
         with call_queue.queue_lock:
             shared.state.begin(job="copylora-merge")
             try:
-                result = run_merge(request, self.folders().loras, webui_presets())
+                result = run_merge(request, self.folders().loras, webui_presets(),
+                                   base_weights=lambda: LoadedModelBase(shared.sd_model))
             finally:
                 shared.state.end()
         networks = compat.builtin_lora()
