@@ -88,11 +88,14 @@ class DoraLayer:
         # the norm of each input column, over output rows and kernel taps, as the WebUI's apply_weight_decompose
         norm = (merged.transpose(0, 1).reshape(columns, -1).norm(dim=1, keepdim=True)
                 .reshape(columns, *[1] * (merged.dim() - 1)).transpose(0, 1))
-        out = merged * (_f32(self.magnitude) / norm) - weight
-        if tuple(out.shape) != tuple(weight.shape):
+        try:
+            fits = torch.broadcast_shapes(self.magnitude.shape, norm.shape, merged.shape) == merged.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
             raise ShapeMismatch(f"dora_scale {tuple(self.magnitude.shape)} does not fit the base weight "
                                 f"{tuple(weight.shape)}")
-        return out
+        return merged * (_f32(self.magnitude) / norm) - weight
 
 
 def _inner_fits(layer, base_shape: Shape) -> Optional[str]:
