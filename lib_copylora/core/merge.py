@@ -189,7 +189,7 @@ def _concat_layers(modules: dict[str, list[Part]], spec: MergeSpec,
             full.append(name)
     notes = []
     if full:
-        notes.append(f"{len(full)} module(s) include LoHa/LoKr/full layers, which have no low-rank form: stored "
+        notes.append(f"{len(full)} module(s) include LoHa/LoKr/full/norm layers, which have no low-rank form: stored "
                      f"exactly as full weight differences (give a new rank to get LoRA factors): {_names(full)}")
     if based:
         notes.append(f"{len(based)} module(s) are DoRA/OFT/IA3/GLoRA, whose ΔW depends on the base: computed "

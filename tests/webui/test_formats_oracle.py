@@ -21,7 +21,7 @@ from lib_copylora.core.base_weights import open_checkpoint_base
 from lib_copylora.core.formats import read_lora
 from lib_copylora.core.merge import MergeSpec, merge_loras
 
-pytestmark = pytest.mark.webui
+pytestmark = [pytest.mark.webui, pytest.mark.filterwarnings("ignore::lib_copylora.core.merge.MergeWarning")]
 
 API = "/copylora/v1"
 SUBFOLDER = "copylora-formats-oracle"
