@@ -107,7 +107,7 @@ def test_delta_matches_lycoris(case):
 def test_dora_scale_follows_the_webui_formula():
     """ΔW = (W + s·ΔW₀)·(m / ‖W + s·ΔW₀‖_column) − W, as lycoris' apply_dora_scale and the WebUI compute it."""
     gen = torch.Generator().manual_seed(3)
-    weight, up, down = torch.randn(6, 5, generator=gen), torch.randn(6, 2, generator=gen), torch.randn(2, 5, generator=gen)
+    weight, up, down = (torch.randn(*shape, generator=gen) for shape in ((6, 5), (6, 2), (2, 5)))
     magnitude = torch.rand(1, 5, generator=gen) + 0.5
     state = {f"{LINEAR}.lora_up.weight": up, f"{LINEAR}.lora_down.weight": down,
              f"{LINEAR}.alpha": torch.tensor(1.0), f"{LINEAR}.dora_scale": magnitude}
@@ -134,7 +134,7 @@ def test_dora_around_loha_uses_the_loha_delta():
 def test_dora_per_output_magnitudes_broadcast_as_the_webui_does():
     """LyCORIS' default `(out, 1)` dora_scale: the WebUI divides it by per-column norms, broadcasting to (out, in)."""
     gen = torch.Generator().manual_seed(4)
-    weight, up, down = torch.randn(6, 5, generator=gen), torch.randn(6, 2, generator=gen), torch.randn(2, 5, generator=gen)
+    weight, up, down = (torch.randn(*shape, generator=gen) for shape in ((6, 5), (6, 2), (2, 5)))
     magnitude = torch.rand(6, 1, generator=gen) + 0.5
     state = {f"{LINEAR}.lora_up.weight": up, f"{LINEAR}.lora_down.weight": down, f"{LINEAR}.dora_scale": magnitude}
     merged = weight + up @ down

@@ -170,7 +170,8 @@ def format_description(desc: LoraDescription) -> str:
         lines.append(f"rank:    {desc.rank_alpha}")
     else:
         lines.append("rank:    varies by module")
-        lines += [f"  {name}: {kind}, {_rank_words(rank)}, alpha {alpha}" for name, kind, rank, alpha in desc.per_module]
+        lines += [f"  {name}: {kind}, {_rank_words(rank)}, alpha {alpha}"
+                  for name, kind, rank, alpha in desc.per_module]
     if desc.needs_base:
         lines.append(f"base:    {len(desc.needs_base)} module(s) change with the weight they modify (DoRA, OFT, "
                      "IA3, GLoRA): merging them needs the base model (merge --base CHECKPOINT)")
