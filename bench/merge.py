@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-# Before torch is imported: OpenMP spin-waiting ruins small LAPACK calls on shared cores (DESIGN §3).
+# Before torch is imported: OpenMP spin-waiting ruins small LAPACK calls on shared cores (docs/architecture.md §5).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse

@@ -94,7 +94,7 @@ def measure_cli(dataset_root: Path, args) -> dict:
     from lib_copylora.train.callbacks import Callbacks
     from lib_copylora.train.dataset import ImageDataset
     from lib_copylora.train.routes import train
-    from lib_copylora.webui.train_request import Folders, request_from_dict, to_train_config
+    from lib_copylora.service.train_request import Folders, request_from_dict, to_train_config
 
     spec = importlib.util.spec_from_file_location("bench_train", REPO / "bench" / "train.py")
     bench_train = importlib.util.module_from_spec(spec)

@@ -13,7 +13,7 @@ COMMANDS = ("merge", "inspect", "presets", "train", "demo")
 
 
 def _quiet_threads() -> None:
-    # Hundreds of small QR/SVD calls suffer from OpenMP spin-waiting on shared cores (DESIGN §3).
+    # Hundreds of small QR/SVD calls suffer from OpenMP spin-waiting on shared cores (docs/architecture.md §5).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

@@ -6,8 +6,11 @@ from modules import script_callbacks, scripts
 
 from lib_copylora.ui.tab import CopyLoraTab
 from lib_copylora.webui import xyz_axes
-from lib_copylora.webui.prompt_hook import BlockWeightHook, undo_block_weights
-from lib_copylora.webui.service import CopyLoraService
+from lib_copylora.webui import patching
+from lib_copylora.webui.prompt_hook import BlockWeightHook
+from lib_copylora.webui.service_host import WebUIServiceHost
+from lib_copylora.service.service import CopyLoraService
+from lib_copylora.webui.api import register_routes
 from lib_copylora.webui.settings import register_settings
 
 
@@ -35,14 +38,16 @@ class CopyLoraScript(scripts.Script):
 
 
 def _on_unload():
-    xyz_axes.unregister_axes()
-    undo_block_weights()
+    """Reload UI / unload: a running training run stops and saves; every change to the WebUI's objects is undone."""
+    service.shutdown()
+    undone = patching.undo_all()
+    print(f"CopyLoRA: unloaded; undid {len(undone)} change(s) to the WebUI ({', '.join(sorted(set(undone))) or 'none'})")
 
 
 xyz_axes.register_axes()
 script_callbacks.on_script_unloaded(_on_unload)
-training = CopyLoraService()  # shared by the API and the tab: one job queue
-script_callbacks.on_app_started(training.on_app_started)
+service = CopyLoraService(WebUIServiceHost())  # shared by the API and the tab: one job queue, one Stop
+script_callbacks.on_app_started(lambda _demo, app: register_routes(app, service))
 script_callbacks.on_ui_settings(register_settings)
-script_callbacks.on_ui_tabs(CopyLoraTab(training).on_ui_tabs)
-script_callbacks.on_script_unloaded(training.shutdown)
+script_callbacks.on_ui_tabs(CopyLoraTab(service).on_ui_tabs)
+

@@ -94,7 +94,7 @@ def test_empty_spec():
     assert _error("lbw=", Family.SDXL).endswith("12 or 20 comma-separated numbers")
 
 
-SD1_MODULES = {  # kohya name -> block (DESIGN §4)
+SD1_MODULES = {  # kohya name -> block (docs/architecture.md §6)
     "lora_te_text_model_encoder_layers_0_self_attn_q_proj": "BASE",
     "lora_unet_conv_in": "IN00",
     "lora_unet_down_blocks_0_attentions_1_proj_in": "IN02",

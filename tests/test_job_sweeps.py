@@ -11,9 +11,9 @@ import torch
 from lib_copylora.core.errors import CopyLoraError
 from lib_copylora.train.config import NetworkKind, Precision, Route
 from lib_copylora.train.errors import TrainConfigError
-from lib_copylora.webui.jobs import JobQueue, JobState, UnknownJob
-from lib_copylora.webui.safe_paths import UnsafePath
-from lib_copylora.webui.train_request import (Folders, expand_sweeps, request_from_dict, split_list,
+from lib_copylora.service.jobs import JobQueue, JobState, UnknownJob
+from lib_copylora.service.safe_paths import UnsafePath
+from lib_copylora.service.train_request import (Folders, expand_sweeps, request_from_dict, split_list,
                                               to_train_config)
 
 

@@ -10,6 +10,7 @@ import torch
 from lib_copylora.core.block_spec import parse_block_spec
 from lib_copylora.core.errors import FamilyMismatch, MergeError, ShapeMismatch
 from lib_copylora.core.family import Family
+from lib_copylora.core.formats import read_lora, write_lora
 from lib_copylora.core.layers import FullLayer, LohaLayer, LokrLayer, LowRankLayer
 from lib_copylora.core.lorafile import LoraFile
 from lib_copylora.core.merge import Component, MergeSpec, MergeWarning, component_of, merge_loras
@@ -299,9 +300,9 @@ def test_non_finite_input_is_refused_naming_the_module():
 
 def test_recipe_metadata_records_inputs_ratios_blocks_and_rank(tmp_path):
     path = tmp_path / "b.safetensors"
-    path.write_bytes(b"stand-in bytes for the input file")
-    b = lora_set(0, name="b")
-    b.path, b.metadata["sshs_model_hash"] = path, "abc123"
+    write_lora(lora_set(0, name="b"), path)
+    b = read_lora(path)  # the reader hashes the bytes it reads; the merge reads no file
+    b.metadata["sshs_model_hash"] = "abc123"
     a = lora_set(1, name="a")
     blocks = sd1_blocks("OUTALL")
     merged = merge_quiet([b, a], ratios=(1.0, -1.0), unet_ratios=(1.0, -0.5), blocks=(None, blocks), new_rank=4,

@@ -20,7 +20,7 @@ from lib_copylora.core.presets import (
     user_preset_path,
 )
 
-# The values as SEEDS.md gives them (the LoRA Block Weight extension's, the community's, ComfyUI's SDXL ones).
+# The values as their sources give them (the LoRA Block Weight extension's, the community's, ComfyUI's SDXL ones).
 SEEDS = """
 NONE:0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0
 ALL:1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lib_copylora.webui.safe_paths import UnsafePath, lora_file_inside, relative_name, resolve_inside
+from lib_copylora.service.safe_paths import UnsafePath, lora_file_inside, relative_name, resolve_inside
 
 
 @pytest.fixture

@@ -23,9 +23,9 @@ from lib_copylora.ui.merge_form import MergeMode, MergeRow, build_merge_request
 from lib_copylora.ui.train_form import build_train_request, preview_runs
 from lib_copylora.ui.train_presets import PRESET_KEYS, TRAINING_PRESETS, form_defaults, preset_values
 from lib_copylora.ui.uploads import save_uploaded_dataset
-from lib_copylora.webui.jobs import JobState, JobStatus
-from lib_copylora.webui.safe_paths import UnsafePath
-from lib_copylora.webui.train_request import Folders, to_train_config
+from lib_copylora.service.jobs import JobState, JobStatus
+from lib_copylora.service.safe_paths import UnsafePath
+from lib_copylora.service.train_request import Folders, to_train_config
 
 SPECS = train_fields()
 

@@ -28,7 +28,8 @@ def _sd1_model(seed=0):
         "diffusion_model_input_blocks_1_0_in_layers_2": nn.Conv2d(4, 6, 3, bias=False),
     }
     info = SimpleNamespace(title="tiny.safetensors [abcdef0123]", sha256="ab" * 32, shorthash="abcdef0123")
-    return SimpleNamespace(network_layer_mapping=mapping, is_sdxl=False, is_sd2=False, sd_checkpoint_info=info), names
+    return SimpleNamespace(network_layer_mapping=mapping, is_sdxl=False, is_sd2=False, is_sd1=True,
+                           sd_checkpoint_info=info), names
 
 
 def test_merge_against_the_loaded_model_uses_the_backup_where_lora_merged():
@@ -68,7 +69,7 @@ def test_a_model_without_a_layer_map_or_a_layer_is_refused():
 
 def test_webui_merge_takes_the_provider_and_calls_it_only_when_needed(tmp_path):
     from lib_copylora.core.formats import read_lora, write_lora
-    from lib_copylora.webui.merge_run import MergeRequest, run_merge
+    from lib_copylora.service.merge_run import MergeRequest, run_merge
 
     model, names = _sd1_model()
     write_lora(make_lora("dora", seed=1), tmp_path / "B.safetensors")

@@ -33,6 +33,7 @@ class TinyModel(torch.nn.Module):
         self.model = torch.nn.Module()
         self.model.diffusion_model = torch.nn.Sequential(ResBlock(), ResBlock())
         self.model.conditioning_key = "crossattn"
+        self.is_sd1 = True  # the WebUI's family flag (v1.8+)
 
 
 def opts(**flags):

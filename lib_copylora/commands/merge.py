@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
-import time
-import warnings
+import functools
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-import torch
+from ..service.merge_options import NO_BLOCKS, SAVE_ALIASES, SAVE_PRECISIONS
 
-SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
-NO_BLOCKS = "-"
+SAVE_CHOICES = sorted((*SAVE_PRECISIONS, *SAVE_ALIASES))
 
 
 def add_parser(subparsers) -> None:
@@ -33,7 +30,7 @@ def add_parser(subparsers) -> None:
     add("--ratios", nargs="+", type=float, required=True, metavar="R",
         help="one multiplier per model, any sign (B − A: 1 -1)")
     add("--save_to", required=True, metavar="FILE", help="output .safetensors file")
-    add("--save_precision", choices=sorted(SAVE_DTYPES), default="fp16",
+    add("--save_precision", choices=SAVE_CHOICES, default="fp16",
         help="dtype of the saved tensors (default fp16)")
     add("--precision", choices=["float", "fp16", "bf16"], default="float",
         help="compute precision, accepted for kohya compatibility: the math is always float32")
@@ -63,19 +60,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.errors import FormatError, MergeError, OutputExists
-    from ..core.formats import read_lora, write_lora
-    from ..core.merge import MergeSpec, MergeWarning, merge_loras
+    from ..core.errors import FormatError, OutputExists
+    from ..core.merge import MergeSpec
+    from ..service.merge_run import MergeJob, check_inputs, run_merge_job
 
-    started = time.perf_counter()
     save_to = Path(args.save_to)
     if save_to.exists() and not args.overwrite:
         raise OutputExists(f"{save_to} exists: pass --overwrite to replace it")
-    if len(args.ratios) != len(args.models):
-        raise MergeError(f"{len(args.models)} models but {len(args.ratios)} ratios: give one ratio per model")
-    if args.blocks is not None and len(args.blocks) != len(args.models):
-        raise MergeError(f"{len(args.models)} models but {len(args.blocks)} block specs: give one per model "
-                         f"({NO_BLOCKS} for none)")
+    check_inputs(len(args.models), len(args.ratios), None if args.blocks is None else len(args.blocks))
     # Build the spec before reading anything so bad ranks or ratio counts fail at once.
     spec = MergeSpec(ratios=tuple(args.ratios), te_ratios=args.te_ratios, unet_ratios=args.unet_ratios,
                      new_rank=args.new_rank, new_conv_rank=args.new_conv_rank, energy=args.energy,
@@ -85,51 +77,39 @@ def run(args: argparse.Namespace) -> int:
     for model in args.models:
         if not Path(model).is_file():
             raise FormatError(f"{model}: no such file")
-    loras = [read_lora(model) for model in args.models]
-    for lora in loras:
-        for note in lora.notes:
-            print(f"note: {lora.name}: {note}")
-    spec = dataclasses.replace(spec, blocks=_parse_blocks(args.blocks, args.presets, loras))
-    base = _open_base(args.base, loras)
-    read_done = time.perf_counter()
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", MergeWarning)
-        merged = merge_loras(loras, spec, base)
-    for warning in caught:
-        print(f"warning: {warning.message}")
-    merge_done = time.perf_counter()
-
-    written = write_lora(merged, save_to, dtype=SAVE_DTYPES[args.save_precision], overwrite=args.overwrite)
-    finished = time.perf_counter()
-    print(_summary(loras, merged, spec, args))
+    job = MergeJob(tuple(Path(m) for m in args.models), spec, save_to, args.save_precision, args.overwrite,
+                   None if args.blocks is None else tuple(args.blocks), _presets(args), _base_provider(args.base))
+    outcome = run_merge_job(job)
+    for note in outcome.notes:
+        print(f"note: {note}")
+    if args.base is not None and outcome.base is None:
+        print(f"note: --base {args.base} not needed: no input has DoRA, OFT, IA3 or GLoRA modules")
+    for warning in outcome.warnings:
+        print(f"warning: {warning}")
+    read_s, merge_s, write_s = outcome.seconds
+    written = outcome.written
+    print(_summary(outcome.loras, outcome.merged, outcome.spec, args))
     print(f"wrote {written} ({args.save_precision}, {written.stat().st_size / 2**20:.1f} MiB) in "
-          f"{finished - started:.2f} s (read {read_done - started:.2f} s, merge {merge_done - read_done:.2f} s, "
-          f"write {finished - merge_done:.2f} s)")
+          f"{read_s + merge_s + write_s:.2f} s (read {read_s:.2f} s, merge {merge_s:.2f} s, write {write_s:.2f} s)")
     return 0
 
 
-def _open_base(path: Optional[str], loras):
-    """The base checkpoint, opened (and hashed) only when an input needs it; a base nobody needs is noted."""
+def _base_provider(path: Optional[str]):
+    """The base checkpoint, opened (and hashed) by the merge run only when an input needs it."""
     if path is None:
-        return None
-    if not any(lora.needs_base for lora in loras):
-        print(f"note: --base {path} not needed: no input has DoRA, OFT, IA3 or GLoRA modules")
         return None
     from ..core.base_weights import open_checkpoint_base
 
-    return open_checkpoint_base(path)
+    return functools.partial(open_checkpoint_base, path)
 
 
-def _parse_blocks(specs: Optional[Sequence[str]], presets_path: Optional[str], loras) -> Optional[tuple]:
-    if specs is None or all(text == NO_BLOCKS for text in specs):
-        return None
-    from ..core.block_spec import parse_block_spec
+def _presets(args: argparse.Namespace) -> dict:
+    """The preset file, read only when a block spec may name a preset."""
+    if args.blocks is None or all(text.strip() == NO_BLOCKS for text in args.blocks):
+        return {}
     from ..core.presets import load_presets
 
-    presets = load_presets(presets_path)
-    return tuple(None if text == NO_BLOCKS else parse_block_spec(text, lora.family, presets)
-                 for text, lora in zip(specs, loras))
+    return load_presets(args.presets)
 
 
 def _summary(loras, merged, spec, args) -> str:

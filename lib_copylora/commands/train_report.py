@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.lorafile import LoraFile
+from ..core.naming import Component, component_of
 from ..train.callbacks import Callbacks, Samples
 
 Say = Callable[[str], None]
@@ -19,7 +20,7 @@ def lora_line(lora: LoraFile) -> str:
     rank_text = "/".join(str(r) for r in sorted(r for r in ranks if r is not None)) or "-"
     alphas = {getattr(layer, "alpha", None) for layer in lora.layers.values()}
     alpha_text = f" (alpha {alphas.pop()})" if len(alphas) == 1 else ""
-    te = sum(1 for name in lora.layers if name.startswith("lora_te"))
+    te = sum(1 for name in lora.layers if component_of(name) is Component.TEXT_ENCODER)
     unet = len(lora.layers) - te
     parts = [f"{unet} UNet"] + ([f"{te} text encoder"] if te else [])
     name = lora.path.name if lora.path is not None else lora.name

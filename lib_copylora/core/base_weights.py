@@ -7,6 +7,7 @@ base_weights.py). Each names itself for the merge recipe with a hash its reader 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -73,11 +74,18 @@ def _checkpoint_family(keys: set[str], label: str) -> Family:
 
 def open_checkpoint_base(path, sha256: Optional[str] = None) -> CheckpointBase:
     """Open a base checkpoint for a merge; the hash is computed here, on the reader side, unless given."""
-    from .recipe import file_sha256
-
     path = Path(path)
     if not path.is_file():
         raise BaseModelError(f"{path}: no such base checkpoint")
     base = CheckpointBase(path, sha256="")
-    base.sha256 = sha256 if sha256 is not None else file_sha256(path)
+    base.sha256 = sha256 if sha256 is not None else _file_sha256(path)
     return base
+
+
+def _file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of the whole file, as the WebUI shows a checkpoint's, streamed: the file is never in memory whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 from .blocks import BASE, BLOCK_FORMATS, accepted_counts, all_blocks, block_of, format_for
 from .lora_tags import is_number
-from .errors import SpecError
+from .errors import NonFiniteSpec, SpecError
 from .family import Family
 
 MAX_MAGNITUDE = 1e4  # larger block weights are typos (a missing comma), not choices
@@ -36,9 +36,23 @@ def format_values(values: Iterable[float]) -> str:
     return ",".join(texts)
 
 
+def _first_non_finite(items: Sequence[str]) -> None:
+    """NonFiniteSpec for the first nan/inf item, before any other complaint: such a spec is never applied."""
+    for position, raw in enumerate(items, start=1):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            continue
+        if not math.isfinite(value):
+            raise NonFiniteSpec(f"block weight {position} of {len(items)} ({raw.strip()!r}) is not finite; "
+                                "use a plain number")
+
+
 def parse_values(text: str) -> tuple[float, ...]:
-    """Comma-separated numbers; SpecError names the first bad item by its position (1-based)."""
+    """Comma-separated numbers; SpecError names the first bad item by its position (1-based), NonFiniteSpec the
+    first nan or inf whatever else is wrong."""
     items = text.split(",")
+    _first_non_finite(items)
     values = []
     for position, raw in enumerate(items, start=1):
         item = raw.strip()
@@ -50,8 +64,6 @@ def parse_values(text: str) -> tuple[float, ...]:
         except ValueError:
             hint = " (the R, U and X forms are not supported)" if item[0].upper() in _RANDOM_FORMS else ""
             raise SpecError(f"{where} ({item!r}) is not a number; write plain numbers like 0.5{hint}") from None
-        if not math.isfinite(value):
-            raise SpecError(f"{where} ({item!r}) is not finite; use a plain number")
         if abs(value) > MAX_MAGNITUDE:
             raise SpecError(f"{where} ({item}) is out of range; use values with |v| <= {MAX_MAGNITUDE:g}")
         values.append(value)
@@ -60,7 +72,7 @@ def parse_values(text: str) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class BlockWeights:
-    """Per-block strength factors for one LoRA, in one of the family's formats (DESIGN §4)."""
+    """Per-block strength factors for one LoRA, in one of the family's formats (docs/architecture.md §6)."""
 
     family: Family
     blocks: tuple[str, ...]
@@ -74,7 +86,7 @@ class BlockWeights:
         if len(self.values) != len(self.blocks):
             raise SpecError(f"{len(self.values)} values for {len(self.blocks)} blocks; give one value per block")
         if not all(math.isfinite(v) for v in self.values):
-            raise SpecError(f"block weights must be finite numbers, got {format_values(self.values)}")
+            raise NonFiniteSpec(f"block weights must be finite numbers, got {format_values(self.values)}")
 
     def weight_for(self, kohya_name: str) -> float:
         """The factor this spec gives a module; the LoRA's own strength multiplies on top.
@@ -114,6 +126,15 @@ class BlockWeights:
         """Blocks the given modules sit in that this format does not name (they get 0; worth a warning)."""
         touched = {block_of(name, self.family) for name in kohya_names}
         return {block for block in touched if block is not None and block not in self.blocks}
+
+    def uncovered_note(self, who: str, kohya_names: Iterable[str]) -> Optional[str]:
+        """The one warning for modules a short format leaves at 0 (prompt hook on A1111 and Forge, merges), or
+        None when there are none."""
+        uncovered = sorted(self.uncovered_blocks(kohya_names))
+        if not uncovered:
+            return None
+        return (f"{who} has modules in {', '.join(uncovered)}, which the {len(self.values)}-value format does not "
+                "name; they get weight 0 (use the long format to set them)")
 
 
 def _from_values(values: tuple[float, ...], family: Family, source: str) -> BlockWeights:

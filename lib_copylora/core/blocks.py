@@ -1,9 +1,10 @@
-"""Block-weight formats (DESIGN §4) and the block each LoRA module belongs to.
+"""Block-weight formats (docs/architecture.md §6) and the block each LoRA module belongs to.
 
 Blocks follow the compvis UNet: INnn = `input_blocks.nn`, MID = `middle_block`, OUTnn = `output_blocks.nn`, and
-BASE = every text-encoder module. Diffusers names map there by the UNet layout (see naming.py): down level b,
-layer j -> IN(3b+j+1), its downsampler -> IN(3b+3), up level b, layer j -> OUT(3b+j), its upsampler -> OUT(3b+2),
-`conv_in` -> IN00. The time embedding, the SDXL label embedding, `conv_norm_out` and `conv_out` are in no block.
+BASE = every text-encoder module (`naming.component_of`). Diffusers names map there by naming's own index rule
+(`naming.compvis_block`: down level b, layer j -> IN(3b+j+1), its downsampler -> IN(3b+3), up level b, layer j ->
+OUT(3b+j), its upsampler -> OUT(3b+2)), and `conv_in` -> IN00. The time embedding, the SDXL label embedding,
+`conv_norm_out` and `conv_out` are in no block.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from typing import NamedTuple
 
 from .family import Family
-from .naming import DOWN_LAYERS, TEXT_ENCODER_PREFIXES, UNET_LAYOUTS, UNET_PREFIX, UP_LAYERS
+from .naming import DOWN_LAYERS, UNET_LAYOUTS, UNET_PREFIX, UP_LAYERS, Component, compvis_block, component_of
 
 BASE = "BASE"
 MID = "MID"
@@ -76,17 +77,14 @@ def _diffusers_block(match: re.Match, family: Family) -> str | None:
     layout = UNET_LAYOUTS[family]
     if level >= layout.levels:
         return None
-    if direction == "down":
-        if kind in ("resnets", "attentions") and layer < DOWN_LAYERS:
-            return f"IN{3 * level + layer + 1:02d}"
-        if kind == "downsamplers" and layer == 0 and level < layout.levels - 1:
-            return f"IN{3 * level + 3:02d}"
+    down = direction == "down"
+    if kind in ("resnets", "attentions") and layer < (DOWN_LAYERS if down else UP_LAYERS):
+        index = compvis_block(down, level, layer)
+    elif kind == ("downsamplers" if down else "upsamplers") and layer == 0 and level < layout.levels - 1:
+        index = compvis_block(down, level, 2)  # the sampler takes the place of a third layer
+    else:
         return None
-    if kind in ("resnets", "attentions") and layer < UP_LAYERS:
-        return f"OUT{3 * level + layer:02d}"
-    if kind == "upsamplers" and layer == 0 and level < layout.levels - 1:
-        return f"OUT{3 * level + 2:02d}"
-    return None
+    return f"{'IN' if down else 'OUT'}{index:02d}"
 
 
 def block_of(kohya_name: str, family: Family) -> str | None:
@@ -94,9 +92,10 @@ def block_of(kohya_name: str, family: Family) -> str | None:
 
     Accepts diffusers-style and compvis-style UNet names for every family. None also for names outside this
     family's UNet (an SD1 `input_blocks_10` on SDXL): such a module is in none of the family's blocks."""
-    if any(kohya_name.startswith(prefix + "_") for prefix in TEXT_ENCODER_PREFIXES):
+    component = component_of(kohya_name)
+    if component is Component.TEXT_ENCODER:
         return BASE
-    if not kohya_name.startswith(UNET_PREFIX + "_"):
+    if component is not Component.UNET:
         return None
     name = kohya_name[len(UNET_PREFIX) + 1:]
     if _MIDDLE.match(name):

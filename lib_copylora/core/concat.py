@@ -2,8 +2,9 @@
 
 Low-rank parts are concatenated (rank = Σ ranks) with each part's whole scale (alpha/rank · ratio · block weight)
 folded into its own factors and the output alpha set to the new rank, so the output scale is exactly 1. This
-avoids the traps of peer tools (DESIGN §3): the ratio enters once (never into both factors), factors of different
-LoRAs are never summed into each other (no cross terms), and the old alpha is never kept for the wider rank.
+avoids the traps of peer tools (docs/architecture.md §5): the ratio enters once (never into both factors),
+factors of different LoRAs are never summed into each other (no cross terms), and the old alpha is never kept for
+the wider rank.
 """
 
 from __future__ import annotations

@@ -1,24 +1,29 @@
 """Per-module layer records: the tensors of one LoRA module and the ΔW they stand for.
 
-Convention (DESIGN §2): ΔW = (alpha / rank) · up @ down, in the target weight's shape. Conv k×k layers use the
-flattened `out × (in·k·k)` form; a Tucker `mid` is folded with lycoris-lora's own functions. The LyCORIS kinds
+Convention (docs/architecture.md §4): ΔW = (alpha / rank) · up @ down, in the target weight's shape. Conv k×k layers
+use the flattened `out × (in·k·k)` form; a Tucker `mid` is folded with lycoris-lora's own functions. The LyCORIS kinds
 (LoHa, LoKr) delegate their math to `lycoris.functional` so that our ΔW is theirs, not a rewrite.
 """
 
 from __future__ import annotations
 
 import enum
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 
-from lycoris.functional import locon as _locon
-from lycoris.functional import loha as _loha
-from lycoris.functional import lokr as _lokr
-
 from .errors import ShapeMismatch
+
+
+def _functional(kind: str):
+    """lycoris-lora's functional math for one kind, imported on first use: importing lycoris runs its package's
+    `__init__`, which loads its wrappers and kohya modules too (seconds that `--help`, `presets` and `inspect` of a
+    plain LoRA do not need; see bench/startup.py)."""
+    return importlib.import_module(f"lycoris.functional.{kind}")
+
 
 Tensor = torch.Tensor
 Shape = tuple[int, ...]
@@ -79,7 +84,8 @@ class LowRankLayer:
         return len(self.shape) == 4
 
     def delta(self, base: Optional[Tensor] = None) -> Tensor:
-        return _locon.diff_weight(_f32(self.down), _f32(self.up), _f32(self.mid), gamma=self.scale, backend="torch")
+        return _functional("locon").diff_weight(_f32(self.down), _f32(self.up), _f32(self.mid), gamma=self.scale,
+                                                backend="torch")
 
     def factors(self) -> tuple[Tensor, Tensor]:
         """ΔW as `U @ D` in float32: U (out, r) with the scale folded in, D (r, in·kh·kw). Tucker mid is folded
@@ -120,7 +126,7 @@ class LohaLayer:
         return len(self.shape) == 4
 
     def delta(self, base: Optional[Tensor] = None) -> Tensor:
-        d = _loha.diff_weight(
+        d = _functional("loha").diff_weight(
             _f32(self.w1b), _f32(self.w1a), _f32(self.w2b), _f32(self.w2a), _f32(self.t1), _f32(self.t2),
             gamma=self.scale, backend="torch",
         )
@@ -164,7 +170,7 @@ class LokrLayer:
         return len(self.shape) == 4
 
     def delta(self, base: Optional[Tensor] = None) -> Tensor:
-        d = _lokr.kron_weight(
+        d = _functional("lokr").kron_weight(
             _f32(self.w1), _f32(self.w1a), _f32(self.w1b), _f32(self.w2), _f32(self.w2a), _f32(self.w2b),
             _f32(self.t2), scale=self.scale, backend="torch",
         )

@@ -21,6 +21,7 @@ class LoraFile:
     metadata: dict[str, str] = field(default_factory=dict)
     path: Optional[Path] = None
     unused_keys: list[str] = field(default_factory=list)  # only filled by lenient reads (the prompt hook)
+    sha256: Optional[str] = None  # of the file it was read from (the reader hashes the bytes it read), else None
     notes: list[str] = field(default_factory=list)  # what the reader accepted leniently, in words
 
     @property

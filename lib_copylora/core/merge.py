@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
@@ -25,7 +26,6 @@ from .layers import Layer
 from .lorafile import LoraFile
 from .metadata import standard_metadata, with_recipe
 from .naming import Component, component_of
-from .recipe import build_recipe
 from .rerank import DenseTerm, RankPolicy, rerank_terms
 
 if TYPE_CHECKING:
@@ -95,6 +95,24 @@ class MergeSpec:
     def reranks(self) -> bool:
         return self.new_rank is not None or self.energy is not None
 
+    def recipe(self, loras: Sequence[LoraFile], base: Optional[dict] = None) -> dict:
+        """What the output's `copylora` metadata records of this merge: inputs (with the hashes their reader
+        took), ratios, block weights and rank policy, and the base model (named by its hash, as its reader
+        described it) when base-aware kinds needed one. No I/O: an input not read from a file has no file hash."""
+        blocks = None if self.blocks is None else [None if b is None else b.describe() for b in self.blocks]
+        return {
+            "operation": "merge",
+            "inputs": [{"name": lora.name, "file": None if lora.path is None else Path(lora.path).name,
+                        "sha256": lora.sha256, "sshs_model_hash": lora.metadata.get("sshs_model_hash"),
+                        "family": lora.family.value} for lora in loras],
+            "ratios": list(self.ratios),
+            "te_ratios": None if self.te_ratios is None else list(self.te_ratios),
+            "unet_ratios": None if self.unet_ratios is None else list(self.unet_ratios),
+            "blocks": blocks,
+            "rank": {"mode": "svd", **self.policy.describe()} if self.reranks else {"mode": "concat"},
+            "base": base,
+        }
+
     def weight(self, index: int, module: str) -> float:
         """The multiplier of input `index` for `module`: its (te/unet) ratio times its block weight."""
         ratio = self.ratios[index]
@@ -125,7 +143,7 @@ def merge_loras(loras: Sequence[LoraFile], spec: MergeSpec, base: Optional[BaseW
     layers, notes = (_rerank_layers if spec.reranks else _concat_layers)(modules, spec, based)
     notes = _uncovered_block_notes(loras, spec) + notes
     merged = LoraFile(layers=layers, family=family)
-    recipe = build_recipe(loras, spec, base.describe() if needing else None)
+    recipe = spec.recipe(loras, base.describe() if needing else None)
     merged.metadata = with_recipe(standard_metadata(merged, spec.output_name), recipe)
     for note in notes:
         warnings.warn(note, MergeWarning, stacklevel=2)
@@ -165,11 +183,9 @@ def _uncovered_block_notes(loras: Sequence[LoraFile], spec: MergeSpec) -> list[s
     notes = []
     for index, lora in enumerate(loras):
         blocks = spec.blocks[index] if spec.blocks is not None else None
-        uncovered = sorted(blocks.uncovered_blocks(lora.layers)) if blocks is not None else []
-        if uncovered:
-            notes.append(f"{lora.name}: its block weights ({len(blocks.values)} values) do not name "
-                         f"{', '.join(uncovered)}, so its modules there get weight 0; use the long format to "
-                         f"set them")
+        note = blocks.uncovered_note(lora.name, lora.layers) if blocks is not None else None
+        if note is not None:
+            notes.append(note)
     return notes
 
 

@@ -85,6 +85,12 @@ class UnetLayout(NamedTuple):
         return 2 if self.up_attention[level] else 1
 
 
+def compvis_block(down: bool, level: int, layer: int) -> int:
+    """The `input_blocks` (down) / `output_blocks` (up) index of diffusers layer `layer` of `level`; the down
+    sampler sits where a third down layer would (layer 2), the up sampler in the level's third block."""
+    return 3 * level + layer + 1 if down else 3 * level + layer
+
+
 _SD_LAYOUT = UnetLayout(4, (True, True, True, False), (False, True, True, True))
 UNET_LAYOUTS = {
     Family.SD1: _SD_LAYOUT,
@@ -185,7 +191,7 @@ def _diffusers_to_compvis(parts: list[str], layout: UnetLayout) -> str:
         has_attention = (layout.down_attention if down else layout.up_attention)[level]
         if kind in ("resnets", "attentions"):
             layer = _index(parts, 3, DOWN_LAYERS if down else UP_LAYERS)
-            block = 3 * level + layer + 1 if down else 3 * level + layer
+            block = compvis_block(down, level, layer)
             rest = parts[4:]
             if kind == "resnets":
                 return _join("input_blocks" if down else "output_blocks", block, 0, *_convert_resnet_inner(rest, True))
@@ -195,9 +201,10 @@ def _diffusers_to_compvis(parts: list[str], layout: UnetLayout) -> str:
         if kind == ("downsamplers" if down else "upsamplers") and level < layout.levels - 1:
             _index(parts, 3, 1)
             if down:
-                return _join("input_blocks", 3 * level + 3, 0, *_sampler_tail(parts[4:], "conv", "op"))
+                return _join("input_blocks", compvis_block(True, level, 2), 0, *_sampler_tail(parts[4:], "conv", "op"))
             slot = layout.upsampler_slot(level)
-            return _join("output_blocks", 3 * level + 2, slot, *_sampler_tail(parts[4:], "conv", "conv"))
+            return _join("output_blocks", compvis_block(False, level, 2), slot,
+                         *_sampler_tail(parts[4:], "conv", "conv"))
         raise _NotAModule
     if head == "mid_block":
         kind = parts[1] if len(parts) > 1 else ""

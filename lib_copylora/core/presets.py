@@ -9,10 +9,10 @@ wrong count, a typo), we report it with its line number: a silently missing pres
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .atomic import write_atomic
 from .block_spec import families_for_count, format_values, parse_values
 from .blocks import BLOCK_FORMATS, accepted_counts
 from .errors import SpecError
@@ -66,7 +66,7 @@ def parse_preset_text(text: str, origin: str) -> dict[str, tuple[float, ...]]:
 
 
 def default_presets() -> dict[str, tuple[float, ...]]:
-    """The presets CopyLoRA ships (DESIGN §4)."""
+    """The presets CopyLoRA ships (docs/architecture.md §6)."""
     return parse_preset_text(_DEFAULTS_FILE.read_text(encoding="utf-8"), _DEFAULTS_FILE.name)
 
 
@@ -100,16 +100,8 @@ def _check_name(name: str) -> str:
 
 def _write_lines_atomically(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write("".join(line + "\n" for line in lines))
-        # mkstemp makes the file private; keep the old file's mode, or the usual one for a new file
-        os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    text = "".join(line + "\n" for line in lines).encode("utf-8")
+    write_atomic(path, lambda handle: handle.write(text), overwrite=True)
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -5,7 +5,7 @@ D = [D1; …; Dn] (R × in·kh·kw). Orthonormalising both sides (U = Qu·Ru, D�
 Ru·Rdᵀ whose SVD is the SVD of ΔW; truncating it gives the same rank-k approximation a dense SVD of ΔW would
 (Eckart–Young), at a cost linear in the layer size instead of cubic. Kinds with no low-rank form (LoHa, LoKr,
 full) fall back to a dense SVD. Same-shape modules are decomposed as one batch: hundreds of tiny LAPACK calls
-are dominated by per-call overhead (DESIGN §3).
+are dominated by per-call overhead (docs/architecture.md §5).
 """
 
 from __future__ import annotations

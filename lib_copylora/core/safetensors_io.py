@@ -13,14 +13,14 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, NamedTuple, Union
 
 import torch
 import safetensors.torch
 
-from .errors import FormatError, OutputExists
+from .atomic import write_atomic
+from .errors import FormatError
 
 Tensor = torch.Tensor
 PathLike = Union[str, os.PathLike]
@@ -95,8 +95,20 @@ def _check_entry(name: str, entry, payload: int, path: PathLike) -> None:
         raise _fail(path, f"tensor {name!r}: data offsets {offsets} do not match shape {shape}")
 
 
+class SafetensorsFile(NamedTuple):
+    tensors: dict[str, Tensor]
+    metadata: dict[str, str]
+    sha256: str  # of the whole file, as the WebUI shows it (not kohya's payload-only `sshs_model_hash`)
+
+
 def read_safetensors(path: PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
     """All tensors (on the CPU, in their stored dtypes) and the metadata of a .safetensors file."""
+    tensors, metadata, _ = read_safetensors_file(path)
+    return tensors, metadata
+
+
+def read_safetensors_file(path: PathLike) -> SafetensorsFile:
+    """`read_safetensors` plus the file's sha256, hashed from the bytes already read (no second read)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -108,7 +120,7 @@ def read_safetensors(path: PathLike) -> tuple[dict[str, Tensor], dict[str, str]]
     except Exception as exc:  # SafetensorError lives in a Rust extension; anything it raises means corrupt
         first_line = (str(exc).splitlines() or [exc.__class__.__name__])[0]
         raise _fail(path, f"not a readable safetensors file ({first_line})") from None
-    return tensors, dict(metadata)
+    return SafetensorsFile(tensors, dict(metadata), hashlib.sha256(data).hexdigest())
 
 
 def read_safetensors_metadata(path: PathLike) -> dict[str, str]:
@@ -162,47 +174,9 @@ def serialize_safetensors(tensors: Mapping[str, Tensor], metadata: Mapping[str, 
 
 
 def write_bytes_atomic(path: PathLike, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder, so readers never see half a file.
-
-    Without `overwrite`, an existing `path` raises OutputExists (also when it appears while we write). The
-    temporary file is removed whatever happens."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExists(f"{path} exists; choose another name or ask to overwrite")
-    if not path.parent.is_dir():
-        raise FormatError(f"cannot write {path.name}: folder {path.parent} does not exist")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise FormatError(f"cannot write {path.name}: {exc.strerror or exc}") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _publish_without_overwrite(tmp, path)
-    except OSError as exc:
-        raise FormatError(f"cannot write {path.name}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _publish_without_overwrite(tmp: Path, path: Path) -> None:
-    # A hard link fails when the name exists, closing the window between our check and the rename. Some file
-    # systems cannot link; there the check just above the write is all we have.
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise OutputExists(f"{path} appeared while writing; nothing was overwritten") from None
-    except OSError:
-        if path.exists():
-            raise OutputExists(f"{path} appeared while writing; nothing was overwritten") from None
-        os.replace(tmp, path)
+    """Write `data` to `path` atomically (core/atomic.py: temporary file, fsync, rename; never over an existing
+    file unless asked)."""
+    return write_atomic(path, lambda handle: handle.write(data), overwrite=overwrite)
 
 
 def write_safetensors(path: PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None,

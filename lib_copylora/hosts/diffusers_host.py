@@ -1,8 +1,8 @@
 """`DiffusersHost`: the training host protocol (train/host.py) over diffusers and transformers components.
 
-It serves the CLI, the demo, the bench and the tests. Module names follow kohya (DESIGN §2): SD1/SD2 UNet modules
-keep their diffusers paths (`lora_unet_down_blocks_0_attentions_0_proj_in`), SDXL UNet modules take the compvis
-names kohya's SDXL trainer writes (`lora_unet_input_blocks_4_1_...`), text encoders `lora_te_` / `lora_te1_` /
+It serves the CLI, the demo, the bench and the tests. Module names follow kohya (docs/architecture.md §4): SD1/SD2
+UNet modules keep their diffusers paths (`lora_unet_down_blocks_0_attentions_0_proj_in`), SDXL UNet modules take the
+compvis names kohya's SDXL trainer writes (`lora_unet_input_blocks_4_1_...`), text encoders `lora_te_` / `lora_te1_` /
 `lora_te2_` + `text_model_encoder_layers_...`. So a LoRA trained here loads in the WebUI and in kohya's tools.
 """
 

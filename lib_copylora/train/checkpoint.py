@@ -2,20 +2,19 @@
 
 A state holds the network's tensors, the optimizer's and gradient scaler's states, the noise generator's state,
 the step, the epoch and how many of its batches were used, and the losses so far. Learning rates are a function
-of the step and need nothing. The file is written atomically (temporary file, then rename) and loaded with
+of the step and need nothing. The file is written atomically (core/atomic.py) and loaded with
 `weights_only=True`: plain tensors, numbers and strings only. Its extension is not `.pt`, so the WebUI's Lora
 list, which scans the output folder, never shows it as a LoRA.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from ..core.atomic import write_atomic
 from .config import OutputConfig
 from .errors import TrainingError
 
@@ -29,15 +28,7 @@ def state_path(output: OutputConfig, phase: str) -> Path:
 
 def save_state(path: Path, state: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save({"version": STATE_VERSION, **state}, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda handle: torch.save({"version": STATE_VERSION, **state}, handle), overwrite=True)
 
 
 def load_state(path: Path, fingerprint: str) -> Optional[dict]:

@@ -1,7 +1,7 @@
-"""`TrainConfig` and its parts: every training setting, validated once where it is made (DESIGN §7).
+"""`TrainConfig` and its parts: every training setting, validated once where it is made (docs/architecture.md §8).
 
-Defaults follow what copier users publish (SEEDS.md): LoRA rank 8 / alpha 1, AdamW, learning rate 1e-4, constant
-schedule. The CLI and the WebUI tab turn their inputs into these objects exactly once.
+Defaults follow what copier users publish (docs/architecture.md §8): LoRA rank 8 / alpha 1, AdamW, learning rate
+1e-4, constant schedule. The CLI and the WebUI tab turn their inputs into these objects exactly once.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The small protocol the trainer speaks to a model host (DESIGN §7).
+"""The small protocol the trainer speaks to a model host (docs/architecture.md §8).
 
 Nothing in `train/` knows the WebUI or diffusers: a host hands over the modules LoRA may attach to (with their
 kohya names, so that what is trained loads everywhere), turns prompts and images into what the denoiser takes,

@@ -1,4 +1,4 @@
-"""Training numerics as free functions over tensors: timesteps, noise, targets, loss weights (DESIGN §7).
+"""Training numerics as free functions over tensors: timesteps, noise, targets, loss weights (docs/architecture.md §8).
 
 `alphas_cumprod` is ᾱ_t of the host's schedule; a noisy latent is x_t = √ᾱ_t · x_0 + √(1−ᾱ_t) · ε.
 """

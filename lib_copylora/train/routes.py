@@ -1,4 +1,4 @@
-"""The three training routes (DESIGN §7, SEEDS.md) and the guarantees they share.
+"""The three training routes (docs/architecture.md §8) and the guarantees they share.
 
 - single: one LoRA on one image set.
 - copier: train A; keep A hooked onto the base, frozen (multiplier 1, no gradients, nothing merged into a weight);

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from ..core.errors import CopyLoraError
-from ..webui.safe_paths import lora_file_inside
+from ..service.safe_paths import lora_file_inside
 from .block_form import (FORMAT_CHOICES, MAX_SLIDERS, SLIDER_RANGE, inspect_lora, preset_form, preset_lines,
                          slider_layout, slider_values)
 from .widgets import FormRow, all_updates, guarded, not_saved, tool_button

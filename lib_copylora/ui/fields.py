@@ -14,7 +14,7 @@ import typing
 from typing import Any, NamedTuple
 
 from ..train.config import Route
-from ..webui.train_request import SECTIONS, SERVER_FIELDS, SWEEPABLE, TrainRequest
+from ..service.train_request import SECTIONS, SERVER_FIELDS, SWEEPABLE, TrainRequest
 
 Key = tuple[str, str]
 REQUEST = ""  # the section name of TrainRequest's own fields

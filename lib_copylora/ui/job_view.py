@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..webui.jobs import JobState, JobStatus
+from ..service.jobs import JobState, JobStatus
 
 QUEUE_HEADERS = ["Run", "State", "Phase", "Step", "Last loss", "Result"]
 QUEUE_ROWS = 30

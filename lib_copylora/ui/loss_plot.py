@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..webui.jobs import JobStatus
+from ..service.jobs import JobStatus
 
 LossHistory = dict[str, dict[str, dict[int, float]]]
 COLUMNS = ("step", "loss", "run")

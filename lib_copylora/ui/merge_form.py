@@ -11,7 +11,7 @@ import enum
 from typing import Any, NamedTuple, Optional, Sequence
 
 from ..core.errors import MergeError
-from ..webui.merge_run import NO_BLOCKS, SAVE_DTYPES, MergeRequest
+from ..service.merge_run import NO_BLOCKS, SAVE_PRECISIONS, MergeRequest
 
 MERGE_ROWS = 6
 
@@ -51,8 +51,8 @@ def build_merge_request(rows: Sequence[MergeRow], mode: str, new_rank: Any, new_
         conv_rank = _rank(new_conv_rank, "new conv rank")
         if rank is None:
             raise MergeError("re-ranking needs a new rank")
-    if save_precision not in SAVE_DTYPES:
-        raise MergeError(f"save precision must be one of {', '.join(SAVE_DTYPES)}")
+    if save_precision not in SAVE_PRECISIONS:
+        raise MergeError(f"save precision must be one of {', '.join(SAVE_PRECISIONS)}")
     return MergeRequest(models=tuple(row.model for row in used), ratios=ratios, output=output.strip(),
                         blocks=None if all(b == NO_BLOCKS for b in blocks) else blocks, new_rank=rank,
                         new_conv_rank=conv_rank, save_precision=save_precision, overwrite=bool(overwrite))

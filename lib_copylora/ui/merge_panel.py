@@ -10,7 +10,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from ..core.errors import CopyLoraError
-from ..webui.merge_run import SAVE_DTYPES, MergeRequest
+from ..service.merge_run import SAVE_PRECISIONS, MergeRequest
 from .merge_form import MERGE_ROWS, MergeMode, MergeRow, build_merge_request
 from .widgets import FormRow, all_updates, guarded, hover, js, not_saved, tool_button
 
@@ -65,7 +65,7 @@ class MergePanel:
             self.new_conv_rank = gr.Textbox(value="", label="New conv rank",  # text: a number box cannot be blank
                                             info=_help("new_conv_rank") + "; blank = new rank",
                                             elem_id="copylora_merge_new_conv_rank")
-        self.precision = gr.Radio(choices=list(SAVE_DTYPES), value="fp16", label="Save the merge as",
+        self.precision = gr.Radio(choices=list(SAVE_PRECISIONS), value="fp16", label="Save the merge as",
                                   info=_help("save_precision"), elem_id="copylora_merge_precision")
         with FormRow():
             self.output = gr.Textbox(label="Output name", info=_help("output"), elem_id="copylora_merge_output")
@@ -108,9 +108,7 @@ class MergePanel:
 
     def _refresher(self, dropdowns: list) -> Callable:
         def refresh() -> list:
-            from .lora_list import refresh_builtin_list
-
-            refresh_builtin_list()
+            self.service.refresh_loras()
             choices = self.lora_choices()
             return [gr.update(choices=choices) for _ in dropdowns]
         return refresh

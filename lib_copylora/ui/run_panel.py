@@ -83,7 +83,7 @@ class RunPanel:
     def _submitter(self, resume: bool) -> Callable:
         def submit(data: dict) -> dict:
             request = self.form.request(data, resume=resume)
-            ids = self.service.jobs.submit(request)
+            ids = self.service.submit(request)
             verb = "Resuming" if resume else "Queued"
             return {self.message: f"{verb} {len(ids)} run(s).", self.runs: describe_runs(request)}
         return submit
@@ -92,8 +92,7 @@ class RunPanel:
         running = running_job(self.service.jobs.list())
         if running is None:
             return "Nothing is running."
-        self.service.jobs.stop(running.id, save=save)
-        self.service.jobs.cancel_group(running.group)
+        self.service.stop(running.id, save=save)
         what = "saving what it learned and a resume state, then stopping" if save else "stopping without saving"
         return f"{running.name}: {what}; the runs queued with it are cancelled."
 

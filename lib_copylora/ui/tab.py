@@ -12,7 +12,6 @@ import importlib.util
 import gradio as gr
 
 from .blocks_panel import BlocksPanel
-from .lora_list import lora_names
 from .merge_panel import MergePanel
 from .run_panel import RunPanel
 from .train_panel import TrainForm
@@ -31,7 +30,7 @@ class CopyLoraTab:
         self.service = service
 
     def lora_choices(self) -> list[str]:
-        return lora_names(self.service.folders().loras)
+        return self.service.lora_names()
 
     def build(self) -> gr.Blocks:
         form = TrainForm(self.service, has_bitsandbytes())

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..train.errors import TrainConfigError
-from ..webui.train_request import TrainRequest, expand_sweeps, request_from_dict
+from ..service.train_request import TrainRequest, expand_sweeps, request_from_dict
 from .fields import REQUEST, FieldSpec, Key, Widget
 
 MAX_LISTED_RUNS = 12

@@ -12,6 +12,7 @@ import gradio as gr
 
 from ..core.errors import CopyLoraError
 from ..train.config import Route
+from ..webui import compat
 from .fields import PROMPTS, REQUEST, SECTION_TITLES, Key, train_fields
 from .train_form import build_train_request, preview_runs
 from .train_presets import DEFAULT_PRESET, PRESET_KEYS, TRAINING_PRESETS, form_defaults, optimizer_note, \
@@ -175,7 +176,7 @@ class TrainForm:
         outputs = [self.upload_message, *(self.fields[k] for k in SETS)]
 
         def save(files, name, repeats, target):
-            paths = [getattr(f, "name", f) for f in (files or [])]  # gradio 3: temp files; gradio 4: paths
+            paths = [compat.uploaded_path(f) for f in (files or [])]
             saved = save_uploaded_dataset(self.service.folders().datasets, name or "", repeats or 0, paths)
             note = f"Saved {saved.images} images and {saved.captions} captions as **{saved.name}**." + (
                 f" Skipped: {', '.join(saved.skipped)}" if saved.skipped else "")

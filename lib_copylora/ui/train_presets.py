@@ -1,6 +1,7 @@
-"""The Train panel's menu of training settings. The default is what copier users publish (SEEDS.md): LoRA rank 8,
-alpha 1, AdamW 8-bit, learning rate 1e-4, constant schedule, 4,000 steps (1 image × 5 repeats × 800 epochs),
-buckets up to 600×900, fp16 saves. AdamW 8-bit needs bitsandbytes; without it the menu picks AdamW and says so.
+"""The Train panel's menu of training settings. The default is what copier users publish (docs/architecture.md §8):
+LoRA rank 8, alpha 1, AdamW 8-bit, learning rate 1e-4, constant schedule, 4,000 steps (1 image × 5 repeats × 800
+epochs), buckets up to 600×900, fp16 saves. AdamW 8-bit needs bitsandbytes; without it the menu picks AdamW and says
+so.
 
 Every preset sets the same fields (PRESET_KEYS), so switching presets never leaves one's value behind in another.
 Values are as the widgets show them. Pure: no gradio, no WebUI.

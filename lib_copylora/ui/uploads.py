@@ -9,7 +9,7 @@ from typing import NamedTuple, Sequence
 
 from ..core.errors import CopyLoraError
 from ..train.dataset import IMAGE_EXTENSIONS
-from ..webui.safe_paths import resolve_inside
+from ..service.safe_paths import resolve_inside
 
 CAPTION_EXTENSIONS = (".txt", ".caption")
 

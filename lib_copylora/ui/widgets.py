@@ -1,7 +1,7 @@
 """Widgets in the WebUI's look: one gradio component per `FieldSpec`, its help as `info=`, tool buttons.
 
-Written for gradio 3.41 (WebUI v1.10.1). Where gradio 4 (Forge) differs, the difference is kept here: the
-JavaScript hook of an event is `_js=` in 3.x and `js=` in 4.x.
+Written for gradio 3.41 (WebUI v1.10.1). Where gradio 4 (Forge) differs, webui/compat.py says how (the
+JavaScript hook of an event is `_js=` in 3.x and `js=` in 4.x).
 """
 
 from __future__ import annotations
@@ -9,21 +9,20 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 import gradio as gr
-from ..webui.compat import ui_components
+from ..webui import compat
 from .fields import FieldSpec, Widget
 
-_host = ui_components()  # the WebUI's look (see docs/tab.md)
+_host = compat.ui_components()  # the WebUI's look (docs/architecture.md §3)
 FormRow, InputAccordion, ToolButton = _host.FormRow, _host.InputAccordion, _host.ToolButton
 
 __all__ = ["FormRow", "InputAccordion", "ToolButton", "field_component", "tool_button", "js", "not_saved",
            "hover", "all_updates", "guarded"]
 REFRESH_SYMBOL = "\U0001f504"  # 🔄, the WebUI's refresh button
-GRADIO_MAJOR = int(gr.__version__.split(".")[0])
 
 
 def js(function_name: str) -> dict:
     """Keyword arguments that run a JavaScript function (from javascript/copylora.js) on an event."""
-    return {"js" if GRADIO_MAJOR >= 4 else "_js": function_name}
+    return {compat.js_event_argument(): function_name}
 
 
 def not_saved(*components: Any) -> None:

@@ -1,4 +1,4 @@
-"""CopyLoRA's HTTP API under /copylora/v1 (registered from on_app_started; see docs/tab-api.md).
+"""CopyLoRA's HTTP API under /copylora/v1 (registered from on_app_started; see README.md, "The API").
 
 Bad requests and names that would leave the configured folders answer 400 with a one-line `detail`; unknown job
 ids 404. Request models are generated from the dataclasses the engine validates, so the two cannot drift apart.
@@ -14,9 +14,10 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, create_model
 
 from ..core.errors import CopyLoraError
-from .jobs import JobStatus, UnknownJob
-from .merge_run import MergeRequest
-from .train_request import SECTIONS, TrainRequest, request_from_dict
+from ..service.jobs import JobStatus, UnknownJob
+from ..service.merge_run import MergeRequest
+from ..service.train_request import SECTIONS, TrainRequest, request_from_dict
+from . import compat, patching
 
 PREFIX = "/copylora/v1"
 
@@ -101,12 +102,18 @@ def _drop_old_routes(app: FastAPI) -> None:
     app.router.routes[:] = [r for r in app.router.routes if not getattr(r, "path", "").startswith(PREFIX)]
 
 
-def register_routes(app: FastAPI, service) -> None:
+def _own_routes(app: FastAPI) -> None:
+    """Drop routes an earlier copy left, and record how ours go away on unload (webui/patching.py)."""
     _drop_old_routes(app)
+    patching.add(("api routes", id(app)), app, _drop_old_routes, "API routes")
+
+
+def register_routes(app: FastAPI, service) -> None:
+    _own_routes(app)
 
     def submit(body: TrainRequestModel) -> SubmitResponse:  # type: ignore[valid-type]
-        values = {k: v for k, v in body.dict().items() if v is not None}
-        return SubmitResponse(job_ids=_call(lambda: service.jobs.submit(request_from_dict(values))))
+        values = {k: v for k, v in compat.request_values(body).items() if v is not None}
+        return SubmitResponse(job_ids=_call(lambda: service.submit(request_from_dict(values))))
 
     def jobs() -> List[JobModel]:
         return [job_model(s) for s in service.jobs.list()]
@@ -115,13 +122,13 @@ def register_routes(app: FastAPI, service) -> None:
         return job_model(_call(service.jobs.status, job_id))
 
     def stop(job_id: str, body: StopRequest) -> JobModel:
-        return job_model(_call(service.jobs.stop, job_id, body.save))
+        return job_model(_call(service.stop, job_id, body.save))
 
     def results() -> List[JobModel]:
         return [job_model(s) for s in service.results()]
 
     def merge(body: MergeRequestModel) -> dict:  # type: ignore[valid-type]
-        result = _call(lambda: service.merge(MergeRequest(**body.dict())))
+        result = _call(lambda: service.merge(MergeRequest(**compat.request_values(body))))
         return {"result": result.name, "tag": result.tag, "modules": result.modules, "warnings": result.warnings}
 
     def presets() -> Dict[str, List[float]]:

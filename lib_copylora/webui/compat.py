@@ -1,18 +1,57 @@
-"""Feature detection of the host: which WebUI this is, which model family is loaded, who else is installed."""
+"""Feature detection of the host, in one place: which WebUI this is (A1111 or Forge) and which gradio and pydantic
+it runs, which model is loaded and what kind it is, where the WebUI keeps things we read (the built-in Lora, the
+layer-name mapping, the training noise schedule, the X/Y/Z plot script), and who else is installed.
+
+Nothing else in CopyLoRA asks the host what it is; every module that needs an answer asks here. A model this file
+does not know is an `UnsupportedModel` error with one line to show, never silently treated as another family.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
 from types import ModuleType
-from typing import Optional
+from typing import Any, Optional
 
+from ..core.errors import CopyLoraError
 from ..core.family import Family
 
+SUPPORTED = "SD1, SD2 or SDXL"
+# The WebUI (v1.8+) and Forge both say which family a loaded model is by these flags; the first one set wins.
+FAMILY_FLAGS = (("is_sdxl", Family.SDXL), ("is_sd2", Family.SD2), ("is_sd1", Family.SD1))
+OTHER_KINDS = (("is_sd3", "SD3"), ("is_flux", "Flux"), ("is_chroma", "Chroma"))
+
+
+class UnsupportedModel(CopyLoraError):
+    """The loaded model is none of the families CopyLoRA knows (SD3, Flux, ...)."""
+
+
+# ---- the WebUI itself -----------------------------------------------------------------------------------------------
 
 def is_forge() -> bool:
     """Forge ships its own `modules_forge` package next to `modules`."""
     return importlib.util.find_spec("modules_forge") is not None
+
+
+def gradio_major() -> int:
+    import gradio
+
+    return int(gradio.__version__.split(".")[0])
+
+
+def js_event_argument() -> str:
+    """The keyword of an event's JavaScript hook: `_js=` in gradio 3 (WebUI v1.10), `js=` in gradio 4 (Forge)."""
+    return "js" if gradio_major() >= 4 else "_js"
+
+
+def uploaded_path(file: Any) -> str:
+    """An uploaded file's path: gradio 3 hands temp-file objects, gradio 4 plain paths."""
+    return getattr(file, "name", file)
+
+
+def request_values(body: Any) -> dict:
+    """A pydantic request body as a dict, in pydantic 1 (WebUI v1.10) or 2 (Forge)."""
+    return body.model_dump() if hasattr(body, "model_dump") else body.dict()
 
 
 def builtin_lora() -> Optional[ModuleType]:
@@ -21,20 +60,13 @@ def builtin_lora() -> Optional[ModuleType]:
     return module if module is not None and hasattr(module, "loaded_networks") else None
 
 
-def model_family(sd_model) -> Family:
-    if getattr(sd_model, "is_sdxl", False):
-        return Family.SDXL
-    if getattr(sd_model, "is_sd2", False):
-        return Family.SD2
-    return Family.SD1
+def xyz_module() -> Optional[ModuleType]:
+    """The X/Y/Z plot script's module (its `AxisOption` and `axis_options`), None when it is not loaded."""
+    from modules import scripts
 
-
-def forge_family(sd_model) -> Optional[Family]:
-    """The family of a Forge model, None for the ones block weights do not describe (Flux, SD3, ...): Forge's engine
-    says which it is by `is_sd1` / `is_sd2` / `is_sdxl`, all False for the others."""
-    for flag, family in (("is_sdxl", Family.SDXL), ("is_sd2", Family.SD2), ("is_sd1", Family.SD1)):
-        if getattr(sd_model, flag, False):
-            return family
+    for data in scripts.scripts_data:
+        if data.script_class.__module__ == "xyz_grid.py":
+            return data.module
     return None
 
 
@@ -50,3 +82,46 @@ def ui_components() -> ModuleType:
     from modules import ui_components
 
     return ui_components
+
+
+# ---- the loaded model -----------------------------------------------------------------------------------------------
+
+def model_family(sd_model) -> Family:
+    """SD1, SD2 or SDXL (SSD-1B and other distilled SDXL count as SDXL); anything else raises UnsupportedModel.
+
+    WebUIs before v1.8 set only `is_sd2` / `is_sdxl`: there, an ldm `LatentDiffusion` without either is SD1."""
+    for flag, family in FAMILY_FLAGS:
+        if getattr(sd_model, flag, False):
+            return family
+    if not hasattr(sd_model, "is_sd1") and type(sd_model).__name__ == "LatentDiffusion":
+        return Family.SD1
+    kind = next((name for flag, name in OTHER_KINDS if getattr(sd_model, flag, False)), None)
+    shown = kind or type(sd_model).__name__
+    raise UnsupportedModel(f"unsupported model: the loaded checkpoint is {shown}; CopyLoRA knows {SUPPORTED} models")
+
+
+def is_distilled_sdxl(sd_model) -> bool:
+    """SSD-1B and kin: an SDXL with blocks taken out."""
+    return bool(getattr(sd_model, "is_ssd", False))
+
+
+def is_inpainting(sd_model) -> bool:
+    key = getattr(getattr(sd_model, "model", None), "conditioning_key", "crossattn")
+    return key in ("hybrid", "concat") or bool(getattr(sd_model, "is_sdxl_inpaint", False))
+
+
+def offloads(sd_model) -> bool:
+    """Parts of the model live on the CPU between calls (the WebUI's low-VRAM mode)."""
+    return bool(getattr(sd_model, "lowvram", False))
+
+
+def layer_mapping(sd_model) -> Optional[dict]:
+    """The built-in Lora's names for the model's layers (`network_layer_mapping`), None before it made them."""
+    return getattr(sd_model, "network_layer_mapping", None)
+
+
+def training_alphas_cumprod(sd_model):
+    """The noise schedule the model was trained with: the WebUI keeps it aside as `alphas_cumprod_original` when a
+    setting (zero terminal SNR, ...) changes the one it samples with."""
+    original = getattr(sd_model, "alphas_cumprod_original", None)
+    return sd_model.alphas_cumprod if original is None else original

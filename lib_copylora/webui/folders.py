@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .train_request import Folders
+from ..service.train_request import Folders
 
 DATASETS = "datasets"
 OUTPUTS = "outputs"

@@ -1,5 +1,5 @@
-"""Per-block LoRA strengths on Forge (DESIGN §5), read against lllyasviel/stable-diffusion-webui-forge at commit
-dfdcbab685e57677014f05a3309b48cc87383167.
+"""Per-block LoRA strengths on Forge (docs/architecture.md §7), read against lllyasviel/stable-diffusion-webui-forge
+at commit dfdcbab685e57677014f05a3309b48cc87383167.
 
 Forge builds no NetworkModule objects. Its Lora extension's `load_networks()` turns each LoRA into *patches* on two
 ModelPatcher objects, the UNet's (`forge_objects.unet`) and the text encoder's (`forge_objects.clip.patcher`):
@@ -18,22 +18,21 @@ model object (per model, gone with it) and always scale from those; a change of 
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Optional, Sequence
 
 from ..core.block_spec import BlockWeights, format_values
-from ..core.errors import SpecError
 from ..core.family import Family
 from ..core.naming import UNET_PREFIX
-from .block_apply import BlockReport, resolve_spec
+from . import patching
+from .block_apply import Action, BlockReport, decide
 
 STATE_ATTR = "copylora_forge_blocks"
+OWNER = "block weights (Forge)"
 UNET_KEY_PREFIX = "diffusion_model."
 PARAMETER_SUFFIXES = (".weight", ".bias")
 # Every text-encoder module is in BASE whatever its encoder, so one kohya prefix is enough to mark them.
 TEXT_ENCODER_NAME_PREFIX = "lora_te"
-SUPPORTED_FAMILIES = "SD1, SD2 or SDXL"
 
 
 class Component(enum.Enum):
@@ -109,47 +108,25 @@ def module_names(lora_patches: Mapping, filename: str, component: Component) -> 
     return names
 
 
-def _has_non_finite(spec: str) -> bool:
-    for item in spec.removeprefix("lbw=").split(","):
-        try:
-            value = float(item)
-        except ValueError:
-            continue
-        if not math.isfinite(value):
-            return True
-    return False
-
-
 def plan_scales(loaded_networks, specs: Mapping[str, str], family: Optional[Family],
                 presets: Mapping[str, Sequence[float]], report: BlockReport) -> dict[str, FileScale]:
     """The scale of every loaded LoRA file with usable block weights, by filename; problems go to `report`."""
     scales: dict[str, FileScale] = {}
     for net in loaded_networks:
         mentioned = net.mentioned_name or net.name
-        spec = specs.get(mentioned)
-        if spec is None:
+        decision = decide(mentioned, specs.get(mentioned), family, presets)
+        if decision.problem is not None:
+            report.problems.append(decision.problem)
+        if decision.action is Action.PLAIN:
             continue
         filename = net.network_on_disk.filename
-        if family is None:
-            report.problems.append(f"<lora:{mentioned}> block weights need an {SUPPORTED_FAMILIES} model; "
-                                   "using its plain weight")
-            continue
-        try:
-            weights = resolve_spec(mentioned, spec, family, presets)
-        except SpecError as exc:
-            if _has_non_finite(spec):
-                scales[filename] = FileScale(None)
-                report.problems.append(f"{exc}; this LoRA is skipped")
-            else:
-                report.problems.append(f"{exc}; using its plain weight")
-            continue
         if filename in scales:
             report.problems.append(f"<lora:{mentioned}> uses a file already given block weights in this prompt; "
                                    "Forge patches a file once, so the first tag's weights apply")
             continue
-        if not weights.is_identity:
-            scales[filename] = FileScale(weights)
-            report.applied[mentioned] = weights
+        scales[filename] = FileScale(decision.weights)  # weights None: skipped
+        if decision.action is Action.APPLY:
+            report.applied[mentioned] = decision.weights
     return scales
 
 
@@ -161,12 +138,9 @@ def warn_uncovered(loaded_networks, scales: Mapping[str, FileScale], unet, clip,
         filename = net.network_on_disk.filename
         names = (module_names(unet.lora_patches, filename, Component.UNET)
                  + module_names(clip.patcher.lora_patches, filename, Component.TEXT_ENCODER))
-        uncovered = scale.weights.uncovered_blocks(names)
-        if uncovered:
-            report.problems.append(
-                f"<lora:{net.mentioned_name or net.name}> has modules in {', '.join(sorted(uncovered))}, which the "
-                f"{len(scale.weights.values)}-value format does not name; they get weight 0 (use the long format "
-                "to set them)")
+        note = scale.weights.uncovered_note(f"<lora:{net.mentioned_name or net.name}>", names)
+        if note is not None:
+            report.problems.append(note)
 
 
 @dataclass
@@ -235,7 +209,8 @@ def apply_forge_block_weights(sd_model, loaded_networks, specs: Mapping[str, str
     old_unet, old_clip = (state.scaled_unet, state.scaled_clip) if state is not None else (None, None)
     _install(sd_model, old_unet, old_clip, unet, clip)
     _install(sd_model, base_unet, base_clip, unet, clip)
-    setattr(sd_model, STATE_ATTR, ForgeBlockState(base_unet, base_clip, unet, clip, signature))
+    patching.set_attribute(sd_model, STATE_ATTR, ForgeBlockState(base_unet, base_clip, unet, clip, signature), OWNER)
+    patching.add(("forge patchers", id(sd_model)), sd_model, undo_forge_block_weights, OWNER)
     return report
 
 
@@ -246,4 +221,5 @@ def undo_forge_block_weights(sd_model) -> None:
     if state is None:
         return
     _install(sd_model, state.scaled_unet, state.scaled_clip, state.base_unet, state.base_clip)
-    delattr(sd_model, STATE_ATTR)
+    patching.forget(("forge patchers", id(sd_model)))
+    patching.restore_attribute(sd_model, STATE_ATTR)

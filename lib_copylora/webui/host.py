@@ -21,10 +21,12 @@ import torch
 from ..core.family import Family
 from ..core.naming import kohya_name_from_webui_layer
 from ..train.host import Component, NoiseSchedule, Prediction, TargetModule
-from .compat import model_family
+from . import compat
+from . import patching
 from .model_state import BlockForwards
 
 UNET_ROOT = "diffusion_model"
+CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"
 ATTENTION_BLOCKS = ("SpatialTransformer",)  # kohya's plain-LoRA targets live inside these
 CONV_BLOCKS = ("ResBlock", "Downsample", "Upsample")  # added by LoCon-style networks
 SIZE_KEYS = ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple", "aesthetic_score")
@@ -34,10 +36,10 @@ OPENCLIP_NOTE = ("OpenCLIP text encoder: its attention (q, k, v, out) is one fus
 
 def webui_layer_names(sd_model) -> dict[int, str]:
     """id(module) → the built-in Lora's name for it: its own mapping when it made one, else the same rule."""
-    mapping = getattr(sd_model, "network_layer_mapping", None)
+    mapping = compat.layer_mapping(sd_model)
     if mapping is None:
         mapping = {}
-        if getattr(sd_model, "is_sdxl", False):
+        if compat.model_family(sd_model) is Family.SDXL:
             for i, embedder in enumerate(sd_model.conditioner.embedders):
                 if hasattr(embedder, "wrapped"):
                     mapping.update({f"{i}_{n.replace('.', '_')}": m for n, m in embedder.wrapped.named_modules()})
@@ -62,7 +64,7 @@ class WebUIHost:
     def __init__(self, sd_model, device: torch.device, forwards: BlockForwards, interrupted: Callable[[], bool],
                  clip_skip_setting: Callable[[int], Any]):
         self.sd_model = sd_model
-        self.family = model_family(sd_model)
+        self.family = compat.model_family(sd_model)
         self.device = torch.device(device)
         self.dtype = next(sd_model.model.diffusion_model.parameters()).dtype
         self.notes: list[str] = []
@@ -171,9 +173,7 @@ class WebUIHost:
     def noise_schedule(self) -> NoiseSchedule:
         """The schedule the model was trained with (not a setting's override such as zero terminal SNR)."""
         model = self.sd_model
-        abar = getattr(model, "alphas_cumprod_original", None)
-        if abar is None:
-            abar = model.alphas_cumprod
+        abar = compat.training_alphas_cumprod(model)
         prediction = Prediction.V if getattr(model, "parameterization", "eps") == "v" else Prediction.EPSILON
         return NoiseSchedule(abar.detach().to(device=self.device, dtype=torch.float32), prediction)
 
@@ -191,12 +191,11 @@ class WebUIHost:
 @contextmanager
 def clip_skip_option(opts, clip_skip: int) -> Iterator[None]:
     """The WebUI's text path reads clip skip from its settings: set it for one encode, then put it back."""
-    old = opts.data.get("CLIP_stop_at_last_layers", 1)
-    if old == clip_skip:
+    if opts.data.get(CLIP_SKIP_OPTION, 1) == clip_skip:
         yield
         return
-    opts.data["CLIP_stop_at_last_layers"] = clip_skip
+    patching.set_item(opts.data, CLIP_SKIP_OPTION, clip_skip, "clip skip for a training encode")
     try:
         yield
     finally:
-        opts.data["CLIP_stop_at_last_layers"] = old
+        patching.restore_item(opts.data, CLIP_SKIP_OPTION)

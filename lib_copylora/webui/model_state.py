@@ -14,7 +14,9 @@ from typing import Iterator, Optional
 
 import torch
 
+from ..core.family import Family
 from ..train.errors import TrainingError
+from . import compat, patching
 
 # Blocks of ldm/sgm UNets whose `forward` wraps `_forward` in the repositories' own gradient checkpointing. That
 # checkpoint (a custom autograd Function) only differentiates the block's own parameters, so LoRA modules hooked
@@ -28,20 +30,20 @@ class OffloadingRefused(TrainingError):
 
 
 def refuse_unsupported(sd_model, cmd_opts) -> None:
-    """Training needs the whole model on its device, in a dtype gradients can flow through."""
-    is_sdxl = getattr(sd_model, "is_sdxl", False)
+    """Training needs an SD1/SD2/SDXL model, whole on its device, in a dtype gradients can flow through."""
+    is_sdxl = compat.model_family(sd_model) is Family.SDXL  # an SD3 or Flux checkpoint: UnsupportedModel
     flags = [flag for flag, on in (("--lowvram", cmd_opts.lowvram), ("--medvram", cmd_opts.medvram),
                                    ("--medvram-sdxl", getattr(cmd_opts, "medvram_sdxl", False) and is_sdxl)) if on]
-    if flags or getattr(sd_model, "lowvram", False):
+    if flags or compat.offloads(sd_model):
         shown = ", ".join(flags) or "low-VRAM offloading"
         raise OffloadingRefused(
             f"CopyLoRA cannot train while the WebUI offloads the model ({shown}): parts of it move to the CPU and "
             f"back during every step. Restart the WebUI without {shown}, or train with the command line "
             "(python -m lib_copylora train ...) and load the result here.")
-    if getattr(sd_model, "is_sd3", False) or getattr(sd_model, "is_ssd", False):
-        raise TrainingError("CopyLoRA trains SD1, SD2 and SDXL models; load one of those to train")
-    if getattr(getattr(sd_model, "model", None), "conditioning_key", "crossattn") in ("hybrid", "concat") or \
-            getattr(sd_model, "is_sdxl_inpaint", False):
+    if compat.is_distilled_sdxl(sd_model):
+        raise TrainingError("CopyLoRA trains SD1, SD2 and SDXL models, not distilled SDXL (SSD-1B); load one of "
+                            "those to train")
+    if compat.is_inpainting(sd_model):
         raise TrainingError("this is an inpainting model; load the ordinary model of its family to train a LoRA")
     unet = sd_model.model.diffusion_model
     if any(p.dtype == getattr(torch, "float8_e4m3fn", None) for p in unet.parameters()):
@@ -98,12 +100,13 @@ class BlockForwards:
 
     def set(self, checkpointing: bool) -> None:
         for block in self.blocks:
-            block.forward = functools.partial(_checkpointed, block) if checkpointing else block._forward
+            forward = functools.partial(_checkpointed, block) if checkpointing else block._forward
+            patching.set_attribute(block, "forward", forward, "training forwards")
         self.checkpointing = checkpointing
 
     def restore(self) -> None:
         for block in self.blocks:
-            block.__dict__.pop("forward", None)
+            patching.restore_attribute(block, "forward")
         self.checkpointing = None
 
 
@@ -113,14 +116,25 @@ def prepared_model(sd_model, cmd_opts, networks, shared) -> Iterator[BlockForwar
     trainable forward; put the blocks and hypernetworks back afterwards, whatever happens."""
     refuse_unsupported(sd_model, cmd_opts)
     clear_builtin_lora(sd_model, networks)
-    hypernetworks = list(getattr(shared, "loaded_hypernetworks", []))
     forwards = BlockForwards(sd_model.model.diffusion_model)
     try:
-        if hasattr(shared, "loaded_hypernetworks"):
-            shared.loaded_hypernetworks.clear()  # they act inside attention and would train into the LoRA
+        _set_hypernetworks_aside(shared)  # they act inside attention and would train into the LoRA
         forwards.set(checkpointing=False)
         yield forwards
     finally:
         forwards.restore()
-        if hasattr(shared, "loaded_hypernetworks"):
-            shared.loaded_hypernetworks[:] = hypernetworks
+        patching.undo(HYPERNETWORKS_KEY)
+
+
+HYPERNETWORKS_KEY = ("hypernetworks set aside",)
+
+
+def _set_hypernetworks_aside(shared) -> None:
+    """Empty the WebUI's list of loaded hypernetworks in place (others hold the same list object)."""
+    loaded = getattr(shared, "loaded_hypernetworks", None)
+    if loaded is None:
+        return
+    saved = list(loaded)
+    patching.add(HYPERNETWORKS_KEY, loaded, lambda hypernetworks: hypernetworks.__setitem__(slice(None), saved),
+                 "training without hypernetworks")
+    loaded.clear()

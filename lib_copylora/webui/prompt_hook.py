@@ -1,4 +1,4 @@
-"""The alwayson script's work for `<lora:name:w:blocks>` prompts (DESIGN §5).
+"""The alwayson script's work for `<lora:name:w:blocks>` prompts (docs/architecture.md §7).
 
 process() / before_process_batch(): rewrite our forms into `lbw=` before the built-in parser sees them.
 after_extra_networks_activate(): scale the loaded networks per block, report problems in the generation's comment
@@ -13,8 +13,8 @@ from typing import Optional
 from ..core import lora_tags
 from ..core.presets import load_presets
 from . import compat
-from .block_apply import BlockReport, apply_block_weights, undo_all
-from .forge_blocks import apply_forge_block_weights, undo_forge_block_weights
+from .block_apply import BlockReport, apply_block_weights
+from .forge_blocks import apply_forge_block_weights
 from .paths import preset_path
 
 log = logging.getLogger("copylora")
@@ -86,7 +86,10 @@ class BlockWeightHook:
         networks = compat.builtin_lora()
         if networks is None:
             return
-        family = compat.model_family(shared.sd_model)
+        try:
+            family = compat.model_family(shared.sd_model)
+        except compat.UnsupportedModel:
+            family = None  # each LoRA given block weights says so in one line (block_apply.decide)
         try:
             presets = self.presets.get()
         except Exception as exc:  # a broken preset file must not stop generation
@@ -94,8 +97,7 @@ class BlockWeightHook:
             presets = {}
         if compat.is_forge():  # Forge keeps patches, not modules: scale their strengths there
             report = apply_forge_block_weights(shared.sd_model, networks.loaded_networks,
-                                               specs_from(extra_network_data), compat.forge_family(shared.sd_model),
-                                               presets)
+                                               specs_from(extra_network_data), family, presets)
         else:
             report = apply_block_weights(networks.loaded_networks, specs_from(extra_network_data), family, presets)
         self._report(p, report.problems)
@@ -126,14 +128,3 @@ class BlockWeightHook:
                 "same LoRA twice. Disable one of them in Extensions."
             )
 
-
-def undo_block_weights() -> None:
-    """Script unload / UI reload: take back every per-block change, on A1111 (module multipliers) or Forge
-    (scaled patchers), so the built-in Lora behaves as if we were never here."""
-    from modules import shared
-
-    if compat.is_forge():
-        undo_forge_block_weights(shared.sd_model)
-    networks = compat.builtin_lora()
-    if networks is not None:
-        undo_all(networks)

@@ -21,10 +21,10 @@ from ..train.host import Component
 from ..train.routes import train
 from . import compat, settings
 from .host import WebUIHost, clip_skip_option
-from .jobs import Job, JobState
+from ..service.jobs import Job, JobState
 from .model_state import prepared_model
-from .safe_paths import relative_name
-from .train_request import Folders, TrainRequest, to_train_config
+from ..service.safe_paths import relative_name
+from ..service.train_request import Folders, TrainRequest, to_train_config
 
 log = logging.getLogger("copylora")
 JOB_NAME = "copylora-train"
@@ -60,6 +60,7 @@ class WebUIRunner:
         from modules import shared
 
         request = with_setting_defaults(request)
+        compat.model_family(shared.sd_model)  # an SD3 or Flux checkpoint: refused at submit, in one line
         dtype = next(shared.sd_model.model.diffusion_model.parameters()).dtype
         config = to_train_config(request, self.folders(), dtype)
         if config.output.path().exists() and not config.output.overwrite and not config.output.resume:

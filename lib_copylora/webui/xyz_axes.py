@@ -1,4 +1,4 @@
-"""Our X/Y/Z plot axes (DESIGN §6): strength, block-weight preset and block sweep.
+"""Our X/Y/Z plot axes (docs/architecture.md §7): strength, block-weight preset and block sweep.
 
 Each axis edits the LoRA tags of the cell's own copy of `p` (its prompt and hires prompt), so the conditioning
 cache, the infotext, hires fix and the API all behave as for a prompt typed by hand. Values are `VALUE` or
@@ -7,6 +7,7 @@ cache, the infotext, hires fix and the API all behave as for a prompt typed by h
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Optional
 
 from ..core import lora_tags
@@ -15,12 +16,16 @@ from ..core.block_spec import format_values, sweep_specs
 from ..core.blocks import BLOCK_FORMATS
 from ..core.family import Family
 from ..core.presets import presets_for
+from . import compat, patching
 from .paths import webui_presets
+
+log = logging.getLogger("copylora")
 
 STRENGTH = "CopyLoRA: strength"
 PRESET = "CopyLoRA: block preset"
 SWEEP = "CopyLoRA: block sweep"
 SWEEP_MODES = ("only", "without")
+AXES_KEY = ("X/Y/Z axes",)
 
 
 def _edit_prompts(p, edit: Callable[[str, Optional[str]], str], value: str) -> None:
@@ -46,11 +51,10 @@ def apply_preset(p, value: str, _values) -> None:
 
 
 def current_family() -> Family:
+    """The loaded model's family; UnsupportedModel (one line, shown by the X/Y/Z plot) for SD3, Flux, ..."""
     from modules import shared
 
-    from .compat import model_family
-
-    return model_family(shared.sd_model)
+    return compat.model_family(shared.sd_model)
 
 
 def sweep_table(family: Family) -> dict[str, str]:
@@ -80,12 +84,22 @@ def format_plain(_p, opt, value) -> str:
     return f"{name}: {shown}" if name else shown
 
 
+def _family_for_choices() -> Optional[Family]:
+    try:
+        return current_family()
+    except compat.UnsupportedModel as exc:  # the menus stay empty; say why once per look at them
+        log.warning("CopyLoRA: X/Y/Z block axes: %s", exc)
+        return None
+
+
 def preset_choices() -> list[str]:
-    return sorted(presets_for(current_family(), webui_presets()))
+    family = _family_for_choices()
+    return [] if family is None else sorted(presets_for(family, webui_presets()))
 
 
 def sweep_choices() -> list[str]:
-    return list(sweep_table(current_family()))
+    family = _family_for_choices()
+    return [] if family is None else list(sweep_table(family))
 
 
 def confirm_presets(_p, values) -> None:
@@ -104,18 +118,9 @@ def _looks_numeric(spec: str) -> bool:
     return True
 
 
-def find_xyz_module():
-    from modules import scripts
-
-    for data in scripts.scripts_data:
-        if data.script_class.__module__ == "xyz_grid.py":
-            return data.module
-    return None
-
-
 def register_axes() -> bool:
     """Add our axes to the WebUI's X/Y/Z plot once (re-imports of our script must not duplicate them)."""
-    xyz = find_xyz_module()
+    xyz = compat.xyz_module()
     if xyz is None:
         return False
     existing = {opt.label for opt in xyz.axis_options}
@@ -126,11 +131,14 @@ def register_axes() -> bool:
         xyz.AxisOption(SWEEP, str, apply_sweep, format_value=format_plain, choices=sweep_choices, prepare=split_csv),
     ]
     xyz.axis_options.extend(opt for opt in wanted if opt.label not in existing)
+    patching.add(AXES_KEY, xyz, _remove_axes, "X/Y/Z axes")
     return True
 
 
+def _remove_axes(xyz) -> None:
+    xyz.axis_options[:] = [o for o in xyz.axis_options if o.label not in (STRENGTH, PRESET, SWEEP)]
+
+
 def unregister_axes() -> None:
-    xyz = find_xyz_module()
-    if xyz is not None:
-        xyz.axis_options[:] = [o for o in xyz.axis_options if o.label not in (STRENGTH, PRESET, SWEEP)]
+    patching.undo(AXES_KEY)
 

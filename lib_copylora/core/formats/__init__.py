@@ -22,8 +22,8 @@ from ..family import Family
 from ..layers import Layer, LayerKind
 from ..lorafile import LoraFile
 from ..metadata import standard_metadata
-from ..safetensors_io import kohya_hashes, read_safetensors, write_safetensors
 from ..base_layers import DoraLayer
+from ..safetensors_io import kohya_hashes, read_safetensors_file, write_safetensors
 from . import full, glora, ia3, kohya_lora, loha, lokr, norm, oft
 from .names import is_sd1_conv_projection, sdxl_canonical_name
 from .registry import ADAPTERS, collect_layers, describe_leftovers
@@ -40,8 +40,8 @@ _HASH_KEYS = ("sshs_model_hash", "sshs_legacy_hash")
 
 def read_lora(path: PathLike, *, strict: bool = True) -> LoraFile:
     path = Path(path)
-    tensors, metadata = read_safetensors(path)
-    return lora_from_state_dict(tensors, metadata, strict=strict, path=path)
+    tensors, metadata, sha256 = read_safetensors_file(path)
+    return dataclasses.replace(lora_from_state_dict(tensors, metadata, strict=strict, path=path), sha256=sha256)
 
 
 def lora_from_state_dict(tensors: dict[str, torch.Tensor], metadata: Optional[dict[str, str]] = None, *,

@@ -210,16 +210,16 @@ class JobQueue:
                 if job.group == group and job.state is JobState.QUEUED:
                     job._set_state(JobState.CANCELLED)
 
-    def shutdown(self, timeout: float = 5.0) -> None:
-        """Stop the running job (no save), cancel the queued ones and end the worker."""
+    def shutdown(self, save: bool = False, timeout: float = 5.0) -> list[JobStatus]:
+        """Stop the running job (with `save`: write what it learned and a resume state first), cancel the queued
+        ones and end the worker, waiting up to `timeout` seconds for it. Returns the runs that were stopped."""
         with self._lock:
             jobs = list(self._jobs.values())
-        for job in jobs:
-            if not job.state.finished:
-                self.stop(job.id)
+        stopped = [self.stop(job.id, save=save) for job in jobs if not job.state.finished]
         self._pending.put(None)
         if self._worker is not None:
             self._worker.join(timeout)
+        return stopped
 
     def _work(self) -> None:
         while True:
