@@ -263,7 +263,7 @@ def bench_base_aware(folder: Path, plain_rerank_s: float) -> None:
     print(f"(d) DoRA pair (rank 8, {len(merged.layers)} modules) B − A against a {size:.0f} MiB SD1.5-shaped base "
           f"(written in {made_s:.1f} s; hashed in {hash_s:.2f} s): exact {exact_s:.2f} s, re-ranked to 16 "
           f"{rerank_s:.2f} s; the plain pair's re-rank to 16 in (a): {plain_rerank_s:.2f} s "
-          f"(DoRA re-rank {rerank_s / plain_rerank_s:.0f}× it: dense ΔW and dense SVD per module)")
+          f"(DoRA re-rank {rerank_s / plain_rerank_s:.0f}× it: dense ΔW, Gram eigendecomposition per module)")
 
 
 def bench_locon(folder: Path, threads: int) -> None:

@@ -83,11 +83,10 @@ class DoraLayer:
     def delta(self, base: Optional[Tensor] = None) -> Tensor:
         weight = _require_base(self, base)
         inner = self.inner.delta(weight) if self.inner.needs_base else self.inner.delta()
-        merged = weight + _fit(inner, weight, f"the {self.inner.kind.label} part")
-        columns = merged.shape[1]
-        # the norm of each input column, over output rows and kernel taps, as the WebUI's apply_weight_decompose
-        norm = (merged.transpose(0, 1).reshape(columns, -1).norm(dim=1, keepdim=True)
-                .reshape(columns, *[1] * (merged.dim() - 1)).transpose(0, 1))
+        merged = weight + _fit(inner, weight, f"the {self.inner.kind.label} part")  # ours from here: in place
+        # the norm of each input column, over output rows and kernel taps, as the WebUI's apply_weight_decompose;
+        # reduced where it lies (a transposed copy of a 10240 × 1280 weight cost more than the norm itself)
+        norm = torch.linalg.vector_norm(merged, dim=(0, *range(2, merged.dim())), keepdim=True)
         try:
             fits = torch.broadcast_shapes(self.magnitude.shape, norm.shape, merged.shape) == merged.shape
         except RuntimeError:
@@ -95,7 +94,7 @@ class DoraLayer:
         if not fits:
             raise ShapeMismatch(f"dora_scale {tuple(self.magnitude.shape)} does not fit the base weight "
                                 f"{tuple(weight.shape)}")
-        return merged * (_f32(self.magnitude) / norm) - weight
+        return merged.mul_(_f32(self.magnitude) / norm).sub_(weight)
 
 
 def _inner_fits(layer, base_shape: Shape) -> Optional[str]:

@@ -66,7 +66,7 @@ def base_aware_term(name: str, parts: Sequence[Part], base: BaseWeights) -> Dens
             delta = part.layer.delta(weight) if part.layer.needs_base else part.layer.delta()
         except ShapeMismatch as error:
             raise BaseModelError(f"module {name}: {part.source}: {error}") from None
-        total += part.weight * delta.reshape(total.shape)
+        total.add_(delta.reshape(total.shape), alpha=part.weight)
     return DenseTerm(total, shape)
 
 
