@@ -112,3 +112,11 @@ def test_full_rank_is_lossless():
     matrix = _matrix("gaussian", 40, 30)
     up, down = rerank_terms({"m": DenseTerm(matrix, (40, 30))}, RankPolicy(new_rank=30))["m"]
     torch.testing.assert_close(up @ down, matrix, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("magnitude", (1e-30, 1e25))
+def test_tiny_and_huge_deltas_whose_gram_leaves_float32_re_rank_the_same(magnitude):
+    matrix = _matrix("ill-conditioned", 50, 30)
+    up, down = rerank_terms({"m": DenseTerm(matrix * magnitude, (50, 30))}, RankPolicy(new_rank=4))["m"]
+    assert torch.isfinite(up).all() and torch.isfinite(down).all()
+    assert abs(_error(matrix * magnitude, up, down) - _svd_error(matrix, 4)) <= TOLERANCE

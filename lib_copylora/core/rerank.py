@@ -204,10 +204,16 @@ def _rerank_group(terms: list[Term], names: list[str], policy: RankPolicy, devic
     else:
         deltas = torch.stack([t.delta for t in terms]).to(device=device, dtype=torch.float32)
         _refuse_non_finite(names, _sums(deltas), "merged weights (NaN or inf in an input)")
+        # Each module scaled to max |entry| 1 first: its float32 Gram squares the entries, which would overflow
+        # above ~1e19 and flush to zero below ~1e-19; the spectrum scales back exactly.
+        scale = deltas.abs().amax(dim=(1, 2), keepdim=True)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        unit = deltas / scale
         # the ranks come from the whole spectrum (an energy share needs every value), then only those are refined
-        gram = gram_spectrum(deltas)
+        gram = gram_spectrum(unit)
         ranks = _ranks(gram.squared.sqrt(), terms, policy)
-        spectra = dense_svd(deltas, max(ranks), gram)
+        left, values, right = dense_svd(unit, max(ranks), gram)
+        spectra = Spectrum(left, values * scale[:, :, 0], right)
     # Split the whole batch at once (per-module tensor calls dominate for small layers), then slice each module.
     ups, downs = truncate(spectra, max(ranks))
     _refuse_non_finite(names, _sums(ups) + _sums(downs), "re-ranked weights")
