@@ -37,10 +37,14 @@ NAMES = {
     },
 }
 NAMES[Family.SD2] = NAMES[Family.SD1]
+NORM_NAME = "lora_unet_down_blocks_0_resnets_0_norm1"  # SD1/SD2 spelling; 4 channels
 
 LIN_OUT, LIN_IN = 6, 8
 CONV_OUT, CONV_IN, K = 6, 4, 3
 KINDS = ("lora", "locon", "locon_tucker", "loha", "loha_tucker", "lokr", "lokr_factored", "full", "peft")
+# Kinds whose ΔW depends on the base weight (and norm layers, which do not): see `base_checkpoint` for the base.
+BASE_KINDS = ("dora", "dora_loha", "oft", "boft", "ia3", "glora")
+NORM_ROLE = "norm"
 
 
 def rand(gen: torch.Generator, *shape: int, scale: float = 0.5) -> Tensor:
@@ -122,10 +126,57 @@ def _kohya_modules(kind: str, gen, rank: int) -> list[tuple[str, dict[str, Tenso
     if kind == "lokr_factored":
         return [("linear", lokr_tensors(gen, 2, 3, 4, 2, rank=rank, factor_w1=True)),
                 ("conv", lokr_tensors(gen, 2, 3, 2, 2, rank=rank, kernel=K, tucker=True))]
+    if kind in BASE_KINDS or kind == "norm":
+        return _base_kind_modules(kind, gen, rank)
     if kind == "full":
         return [("linear", {"diff": rand(gen, LIN_OUT, LIN_IN), "diff_b": rand(gen, LIN_OUT)}),
                 ("conv", {"diff": rand(gen, CONV_OUT, CONV_IN, K, K)})]
     raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
+
+
+def _base_kind_modules(kind: str, gen, rank: int) -> list[tuple[str, dict[str, Tensor]]]:
+    if kind == "dora":  # LoRA and LoCon with per-input magnitudes, as the WebUI reads them
+        return [("te", {**lowrank_tensors(gen, LIN_OUT, LIN_IN, rank), "dora_scale": rand(gen, 1, LIN_IN).abs() + 1}),
+                ("linear", {**lowrank_tensors(gen, LIN_OUT, LIN_IN, rank),
+                            "dora_scale": rand(gen, 1, LIN_IN).abs() + 1}),
+                ("conv", {**lowrank_tensors(gen, CONV_OUT, CONV_IN, rank, K),
+                          "dora_scale": rand(gen, 1, CONV_IN, 1, 1).abs() + 1})]
+    if kind == "dora_loha":
+        return [("linear", {**loha_tensors(gen, LIN_OUT, LIN_IN, rank), "dora_scale": rand(gen, 1, LIN_IN).abs() + 1})]
+    if kind == "oft":  # 3 blocks of 2 over 6 output channels; the conv one rescaled
+        return [("linear", {"oft_blocks": rand(gen, 3, 2, 2)}),
+                ("conv", {"oft_blocks": rand(gen, 2, 3, 3), "rescale": rand(gen, CONV_OUT, 1, 1, 1) + 1})]
+    if kind == "boft":
+        return [("linear", {"oft_blocks": rand(gen, 1, 3, 2, 2)})]
+    if kind == "ia3":
+        return [("linear", {"weight": rand(gen, LIN_OUT), "on_input": torch.tensor(0)}),
+                ("linear2", {"weight": rand(gen, LIN_IN), "on_input": torch.tensor(1)})]
+    if kind == "glora":  # the WebUI's layout: a1 (r, in), a2 (in, r), b1 (r, in), b2 (out, r)
+        return [("linear", {"a1.weight": rand(gen, rank, LIN_IN), "a2.weight": rand(gen, LIN_IN, rank),
+                            "b1.weight": rand(gen, rank, LIN_IN), "b2.weight": rand(gen, LIN_OUT, rank)})]
+    return [(NORM_ROLE, {"w_norm": rand(gen, CONV_IN), "b_norm": rand(gen, CONV_IN)})]
+
+
+def base_checkpoint(family: Family = Family.SD1, *, seed: int = 100) -> dict[str, Tensor]:
+    """A tiny single-file checkpoint (compvis keys) holding a weight for every role of NAMES, plus the key that
+    tells its family; SD2's text encoder q sits in a fused (3·out, in) in_proj_weight, as OpenCLIP stores it."""
+    from lib_copylora.core.checkpoint_keys import checkpoint_key
+
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {"te": (LIN_OUT, LIN_IN), "te2": (LIN_OUT, LIN_IN), "linear": (LIN_OUT, LIN_IN),
+              "linear2": (LIN_OUT, LIN_IN), "conv": (CONV_OUT, CONV_IN, K, K), "conv2": (CONV_OUT, CONV_IN, K, K),
+              "conv1x1": (CONV_OUT, CONV_IN, 1, 1)}
+    out: dict[str, Tensor] = {}
+    for role, name in NAMES[family].items():
+        where = checkpoint_key(name, family)
+        shape = shapes[role]
+        out[where.key] = rand(gen, shape[0] * (3 if where.third is not None else 1), *shape[1:])
+    out[checkpoint_key(NORM_NAME, family).key] = rand(gen, CONV_IN) + 1
+    marker = {Family.SD1: "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+              Family.SD2: "cond_stage_model.model.ln_final.weight",
+              Family.SDXL: "conditioner.embedders.1.model.ln_final.weight"}[family]
+    out.setdefault(marker, torch.ones(LIN_IN))
+    return out
 
 
 def peft_state_dict(family: Family = Family.SD1, *, seed: int = 0, rank: int = 4,
@@ -156,7 +207,8 @@ def lora_state_dict(kind: str, family: Family = Family.SD1, *, seed: int = 0, ra
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, Tensor] = {}
     for role, tensors in _kohya_modules(kind, gen, rank):
-        out.update(_module(NAMES[family][role], tensors, None if kind == "full" else alpha))
+        name = NORM_NAME if role == NORM_ROLE else NAMES[family][role]
+        out.update(_module(name, tensors, None if kind in ("full", "norm", "ia3") else alpha))
     return out
 
 

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
+from lib_copylora.core.base_weights import open_checkpoint_base
 from lib_copylora.core.errors import CopyLoraError
 from lib_copylora.service.jobs import JobState
 from lib_copylora.service.merge_run import MergeRequest
 from lib_copylora.service.service import MERGE_JOB, CopyLoraService
 from lib_copylora.service.train_request import Folders, request_from_dict
 
-from lora_factory import family_metadata, lora_state_dict
+from lora_factory import base_checkpoint, family_metadata, lora_state_dict
 from lib_copylora.core.family import Family
 from test_job_sweeps import RecordingRunner, wait_for
 
@@ -53,6 +54,10 @@ class FakeHost:
     def preset_file(self):
         return self.root / "presets.txt"
 
+    def base_weights(self):
+        self.events.append("base")
+        return open_checkpoint_base(self.root / "base.safetensors")
+
 
 @pytest.fixture
 def host(tmp_path):
@@ -69,6 +74,20 @@ def test_a_merge_holds_the_host_and_refreshes_its_list_after(host):
     result = service.merge(MergeRequest(models=("a", "sub/b"), ratios=(1.0, -1.0), output="diff"))
     assert result.name == "diff.safetensors" and (host.root / "loras" / "diff.safetensors").is_file()
     assert host.events == [f"begin {MERGE_JOB}", f"end {MERGE_JOB}", "refresh"]
+
+
+def test_a_merge_asks_the_host_for_its_base_inside_the_exclusive_section_only_when_an_input_needs_it(host):
+    from lib_copylora.core.formats import read_lora
+
+    save_file(base_checkpoint(Family.SD1), str(host.root / "base.safetensors"))
+    save_file(lora_state_dict("dora", seed=3), str(host.root / "loras" / "d.safetensors"), family_metadata(Family.SD1))
+    service = CopyLoraService(host)
+    service.merge(MergeRequest(models=("a",), ratios=(1.0,), output="plain"))
+    assert "base" not in host.events
+    host.events.clear()
+    result = service.merge(MergeRequest(models=("d", "a"), ratios=(1.0, -1.0), output="based"))
+    assert host.events == [f"begin {MERGE_JOB}", "base", f"end {MERGE_JOB}", "refresh"]
+    assert read_lora(result.path).metadata["copylora"].count("base.safetensors") == 1
 
 
 def test_a_failed_merge_releases_the_host_and_refreshes_nothing(host):

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 from pathlib import Path
+from typing import Optional
 
 from ..service.merge_options import NO_BLOCKS, SAVE_ALIASES, SAVE_PRECISIONS
 
@@ -49,6 +51,10 @@ def add_parser(subparsers) -> None:
              f"a preset name, or {NO_BLOCKS} for none")
     add("--presets", default=None, metavar="FILE",
         help="block-weight preset file, NAME:v1,v2,... per line (default: shipped presets + the user's file)")
+    add("--base", default=None, metavar="CHECKPOINT",
+        help="the model the LoRAs were made for (SD1/SD2/SDXL single-file .safetensors): needed when an input has "
+             "DoRA, OFT/BOFT, IA3 or GLoRA modules, whose change depends on the weight they modify; only the "
+             "weights those modules touch are read")
     add("--overwrite", action="store_true", help="replace --save_to if it exists")
     parser.set_defaults(func=run)
 
@@ -76,8 +82,12 @@ def run(args: argparse.Namespace) -> int:
         if not _exists(Path(model), "--models") or not Path(model).is_file():
             raise FormatError(f"{model}: no such file")
     job = MergeJob(tuple(Path(m) for m in args.models), spec, save_to, args.save_precision, args.overwrite,
-                   None if args.blocks is None else tuple(args.blocks), _presets(args))
+                   None if args.blocks is None else tuple(args.blocks), _presets(args), _base_provider(args.base))
     outcome = run_merge_job(job)
+    for note in outcome.notes:
+        print(f"note: {note}")
+    if args.base is not None and outcome.base is None:
+        print(f"note: --base {args.base} not needed: no input has DoRA, OFT, IA3 or GLoRA modules")
     for warning in outcome.warnings:
         print(f"warning: {warning}")
     read_s, merge_s, write_s = outcome.seconds
@@ -97,6 +107,15 @@ def _exists(path: Path, flag: str) -> bool:
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise FormatError(f"{flag} {str(path)[:80]}{'...' if len(str(path)) > 80 else ''}: {reason}") from None
+
+
+def _base_provider(path: Optional[str]):
+    """The base checkpoint, opened (and hashed) by the merge run only when an input needs it."""
+    if path is None:
+        return None
+    from ..core.base_weights import open_checkpoint_base
+
+    return functools.partial(open_checkpoint_base, path)
 
 
 def _presets(args: argparse.Namespace) -> dict:

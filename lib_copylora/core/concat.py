@@ -75,7 +75,7 @@ def dense_term(parts: Sequence[Part], shape: tuple[int, ...]) -> DenseTerm:
     """The exact merged ΔW as a matrix (out, in·kh·kw), for kinds with no low-rank form."""
     total = torch.zeros(shape[0], math.prod(shape[1:]), dtype=torch.float32)
     for part in parts:
-        total += part.weight * part.layer.delta().reshape(total.shape)
+        total += part.weight * part.layer.delta().reshape(total.shape)  # base-aware parts go via base_merge.py
     return DenseTerm(total, shape)
 
 
@@ -128,6 +128,14 @@ def _concat_tucker(name: str, parts: Sequence[Part]) -> LowRankLayer:
 def sum_full(name: str, parts: Sequence[Part], shape: tuple[int, ...]) -> FullLayer:
     """The exact merged module as a full weight difference (bias differences summed with the same weights)."""
     diff = dense_term(parts, shape).delta.reshape(shape)
+    diff_b = merged_bias(parts)
+    _check_finite(name, diff, *([] if diff_b is None else [diff_b]))
+    return FullLayer(diff=diff, diff_b=diff_b)
+
+
+def full_from_term(name: str, term: DenseTerm, parts: Sequence[Part]) -> FullLayer:
+    """A module computed against the base, stored as a full difference (with any bias differences of its parts)."""
+    diff = term.delta.reshape(term.shape)
     diff_b = merged_bias(parts)
     _check_finite(name, diff, *([] if diff_b is None else [diff_b]))
     return FullLayer(diff=diff, diff_b=diff_b)

@@ -1,5 +1,9 @@
 """What a LoRA file holds, in words: kinds, family, ranks and alphas, the blocks it touches, its metadata.
 
+Every kind is named per module when the file mixes kinds, ranks or alphas (DoRA as `+DoRA` after the kind it wraps;
+OFT by its blocks, IA3 by its scales), and modules whose change depends on the base weight are counted, since
+merging them needs the base model.
+
 `describe_lora` gathers the facts into a `LoraDescription`; `format_description` prints them for people and
 `description_json` for programs (full metadata values there; shortened ones in the text).
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
+from .base_layers import DoraLayer
 from .blocks import BLOCK_FORMATS, block_of
 from .detect import detect_family
 from .family import Family
@@ -48,20 +53,38 @@ class LoraDescription:
     no_block: list[str]  # modules in no block (time embedding, conv_out, ...)
     metadata: dict[str, str] = field(default_factory=dict)
     unused_keys: list[str] = field(default_factory=list)
+    needs_base: list[str] = field(default_factory=list)  # modules whose ΔW depends on the base weight
+    dora: int = 0  # modules with a dora_scale
+    notes: list[str] = field(default_factory=list)  # what the reader accepted leniently
+
+
+def _bare(layer: Layer) -> Layer:
+    return layer.inner if isinstance(layer, DoraLayer) else layer
+
+
+def module_label(layer: Layer) -> str:
+    """The kind of one module: `LoRA`, `LoHa`, `OFT`, ..., with `+DoRA` when a dora_scale wraps it."""
+    return _bare(layer).kind.label + ("+DoRA" if isinstance(layer, DoraLayer) else "")
 
 
 def kinds_label(lora: LoraFile) -> str:
-    lowrank = [layer for layer in lora.layers.values() if layer.kind is LayerKind.LORA]
-    labels = {layer.kind.label for layer in lora.layers.values() if layer.kind is not LayerKind.LORA}
+    bare = [_bare(layer) for layer in lora.layers.values()]
+    lowrank = [layer for layer in bare if layer.kind is LayerKind.LORA]
+    labels = {layer.kind.label for layer in bare if layer.kind is not LayerKind.LORA}
     if lowrank:
         # kohya's plain LoRA already has 1×1 convs (SD1's proj_in/proj_out); LoCon adds k×k ResNet/sampler convs
         labels.add(_LOCON if any(layer.is_conv and layer.shape[2:] != (1, 1) for layer in lowrank) else "LoRA")
-    if len(labels) == 1:
-        return labels.pop()
-    return "mixed: " + ", ".join(sorted(labels))
+    dora = sum(isinstance(layer, DoraLayer) for layer in lora.layers.values())
+    text = labels.pop() if len(labels) == 1 else "mixed: " + ", ".join(sorted(labels))
+    if dora:
+        text += f", with DoRA (dora_scale) on {'every module' if dora == len(bare) else f'{dora} module(s)'}"
+    return text
 
 
 def _rank_text(layer: Layer) -> tuple[str, str]:
+    describe = getattr(_bare(layer), "describe", None)
+    if describe is not None:
+        return describe()
     if layer.rank is None:
         return "none", "none (scale 1)"
     alpha = "none (scale 1)" if layer.alpha is None else f"{float(layer.alpha):g}"
@@ -92,12 +115,12 @@ def _block_uses(lora: LoraFile) -> tuple[list[BlockUse], list[str]]:
 
 def describe_lora(lora: LoraFile) -> LoraDescription:
     guess = detect_family(lora.layers, lora.metadata)
-    per_module = [ModuleRank(name, layer.kind.label, *_rank_text(layer)) for name, layer in lora.layers.items()]
-    distinct = {(rank, alpha) for _, _, rank, alpha in per_module}
+    per_module = [ModuleRank(name, module_label(layer), *_rank_text(layer)) for name, layer in lora.layers.items()]
+    distinct = {(kind, rank, alpha) for _, kind, rank, alpha in per_module}
     rank_alpha = None
     if len(distinct) == 1:
-        rank, alpha = distinct.pop()
-        rank_alpha = f"rank {rank}, alpha {alpha}"
+        _, rank, alpha = distinct.pop()
+        rank_alpha = f"{_rank_words(rank)}, alpha {alpha}"
     blocks, no_block = _block_uses(lora)
     return LoraDescription(
         name=lora.name, kinds=kinds_label(lora), family=lora.family,
@@ -105,8 +128,14 @@ def describe_lora(lora: LoraFile) -> LoraDescription:
         family_assumed=guess.assumed and guess.family is lora.family, modules=len(lora.layers),
         text_encoder_modules=sum(_is_text_encoder(n) for n in lora.layers), rank_alpha=rank_alpha,
         per_module=[] if rank_alpha else per_module, blocks=blocks, no_block=no_block,
-        metadata=dict(lora.metadata), unused_keys=list(lora.unused_keys),
+        metadata=dict(lora.metadata), unused_keys=list(lora.unused_keys), needs_base=lora.needs_base,
+        dora=sum(isinstance(layer, DoraLayer) for layer in lora.layers.values()), notes=list(lora.notes),
     )
+
+
+def _rank_words(rank: str) -> str:
+    """`rank 4` for ranks (and `rank none`); kinds without one describe themselves (`3 blocks of 2`)."""
+    return f"rank {rank}" if rank.isdigit() or rank == "none" else rank
 
 
 def shorten(value: str, limit: int = _SHORT_VALUE) -> str:
@@ -141,7 +170,12 @@ def format_description(desc: LoraDescription) -> str:
         lines.append(f"rank:    {desc.rank_alpha}")
     else:
         lines.append("rank:    varies by module")
-        lines += [f"  {name}: {kind}, rank {rank}, alpha {alpha}" for name, kind, rank, alpha in desc.per_module]
+        lines += [f"  {name}: {kind}, {_rank_words(rank)}, alpha {alpha}"
+                  for name, kind, rank, alpha in desc.per_module]
+    if desc.needs_base:
+        lines.append(f"base:    {len(desc.needs_base)} module(s) change with the weight they modify (DoRA, OFT, "
+                     "IA3, GLoRA): merging them needs the base model (merge --base CHECKPOINT)")
+    lines += [f"note:    {note}" for note in desc.notes]
     lines.append("blocks:")
     lines += _block_lines(desc)
     if desc.unused_keys:
@@ -166,4 +200,7 @@ def description_json(desc: LoraDescription) -> dict:
         "no_block": desc.no_block,
         "metadata": dict(sorted(desc.metadata.items())),
         "unused_keys": desc.unused_keys,
+        "needs_base": desc.needs_base,
+        "dora_modules": desc.dora,
+        "notes": desc.notes,
     }

@@ -31,3 +31,7 @@ class OutputExists(CopyLoraError):
 
 class NonFiniteSpec(SpecError):
     """A block-weight spec holds nan or inf: applying it would poison the image, so the prompt hook skips the LoRA."""
+
+
+class BaseModelError(CopyLoraError):
+    """Base-aware kinds need the weights they modify: none was given, or the base does not fit the LoRA."""

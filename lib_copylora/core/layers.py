@@ -34,10 +34,20 @@ class LayerKind(enum.Enum):
     LOHA = "loha"
     LOKR = "lokr"
     FULL = "full"
+    NORM = "norm"  # LyCORIS norm layers: w_norm / b_norm, a full difference of a 1-D weight
+    OFT = "oft"  # diagonal OFT (kohya's and LyCORIS' oft_blocks, old LyCORIS oft_diag): base-aware
+    BOFT = "boft"  # butterfly OFT: base-aware
+    IA3 = "ia3"  # base-aware
+    GLORA = "glora"  # base-aware
 
     @property
     def label(self) -> str:
-        return {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "full": "full"}[self.value]
+        return _LABELS[self]
+
+
+_LABELS = {LayerKind.LORA: "LoRA", LayerKind.LOHA: "LoHa", LayerKind.LOKR: "LoKr", LayerKind.FULL: "full",
+           LayerKind.NORM: "norm", LayerKind.OFT: "OFT", LayerKind.BOFT: "BOFT", LayerKind.IA3: "IA3",
+           LayerKind.GLORA: "GLoRA"}
 
 
 def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -53,6 +63,7 @@ class LowRankLayer:
     alpha: Optional[float] = None
     mid: Optional[Tensor] = None
     kind = LayerKind.LORA
+    needs_base = False
 
     @property
     def rank(self) -> int:
@@ -72,7 +83,7 @@ class LowRankLayer:
     def is_conv(self) -> bool:
         return len(self.shape) == 4
 
-    def delta(self) -> Tensor:
+    def delta(self, base: Optional[Tensor] = None) -> Tensor:
         return _functional("locon").diff_weight(_f32(self.down), _f32(self.up), _f32(self.mid), gamma=self.scale,
                                                 backend="torch")
 
@@ -99,6 +110,8 @@ class LohaLayer:
     t1: Optional[Tensor] = None
     t2: Optional[Tensor] = None
     kind = LayerKind.LOHA
+    needs_base = False
+    stored_4d: bool = False  # a conv factor was stored (r, in, k, k); read flattened, as the WebUI does
 
     @property
     def rank(self) -> int:
@@ -112,7 +125,7 @@ class LohaLayer:
     def is_conv(self) -> bool:
         return len(self.shape) == 4
 
-    def delta(self) -> Tensor:
+    def delta(self, base: Optional[Tensor] = None) -> Tensor:
         d = _functional("loha").diff_weight(
             _f32(self.w1b), _f32(self.w1a), _f32(self.w2b), _f32(self.w2a), _f32(self.t1), _f32(self.t2),
             gamma=self.scale, backend="torch",
@@ -134,6 +147,7 @@ class LokrLayer:
     t2: Optional[Tensor] = None
     alpha: Optional[float] = None
     kind = LayerKind.LOKR
+    needs_base = False
 
     @property
     def rank(self) -> Optional[int]:
@@ -155,7 +169,7 @@ class LokrLayer:
     def is_conv(self) -> bool:
         return len(self.shape) == 4
 
-    def delta(self) -> Tensor:
+    def delta(self, base: Optional[Tensor] = None) -> Tensor:
         d = _functional("lokr").kron_weight(
             _f32(self.w1), _f32(self.w1a), _f32(self.w1b), _f32(self.w2), _f32(self.w2a), _f32(self.w2b),
             _f32(self.t2), scale=self.scale, backend="torch",
@@ -170,6 +184,7 @@ class FullLayer:
     diff: Tensor
     diff_b: Optional[Tensor] = None
     kind = LayerKind.FULL
+    needs_base = False
     alpha = None
     rank = None
 
@@ -181,11 +196,19 @@ class FullLayer:
     def is_conv(self) -> bool:
         return len(self.shape) == 4
 
-    def delta(self) -> Tensor:
+    def delta(self, base: Optional[Tensor] = None) -> Tensor:
         return _f32(self.diff)
 
 
-Layer = Union[LowRankLayer, LohaLayer, LokrLayer, FullLayer]
+@dataclass
+class NormLayer(FullLayer):
+    """LyCORIS norm layer (`w_norm`, `b_norm`): the difference of a LayerNorm/GroupNorm weight and bias. The
+    WebUI applies it like a full difference; it stays its own kind so inspect can name it."""
+
+    kind = LayerKind.NORM
+
+
+Layer = Union[LowRankLayer, LohaLayer, LokrLayer, FullLayer, NormLayer]
 
 
 def _reshape_checked(delta: Tensor, shape: Shape) -> Tensor:

@@ -22,6 +22,12 @@ class LoraFile:
     path: Optional[Path] = None
     unused_keys: list[str] = field(default_factory=list)  # only filled by lenient reads (the prompt hook)
     sha256: Optional[str] = None  # of the file it was read from (the reader hashes the bytes it read), else None
+    notes: list[str] = field(default_factory=list)  # what the reader accepted leniently, in words
+
+    @property
+    def needs_base(self) -> list[str]:
+        """Modules whose ΔW depends on the weight they modify (DoRA, OFT/BOFT, IA3, GLoRA)."""
+        return [name for name, layer in self.layers.items() if layer.needs_base]
 
     @property
     def kinds(self) -> set[LayerKind]:

@@ -3,7 +3,8 @@
 The merge is linear in its ratios (any sign), optionally per block and separately for the text encoder and the
 UNet. Without a rank policy the output is exact: low-rank modules are concatenated (concat.py) and modules of kinds
 with no low-rank form (LoHa, LoKr, full) become full weight differences. With one, every module is re-ranked to the
-best approximation of its exact delta (rerank.py).
+best approximation of its exact delta (rerank.py). Kinds whose ΔW depends on the weight they modify (DoRA, OFT,
+IA3, GLoRA) need a base (base_weights.py); their modules' exact ΔW is computed against it (base_merge.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import torch
 
 from . import concat
+from .base_merge import base_aware_terms, require_base
+from .base_weights import BaseWeights
 from .concat import Part
 from .errors import FamilyMismatch, MergeError
 from .layers import Layer
@@ -24,7 +27,7 @@ from .lorafile import LoraFile
 from .metadata import standard_metadata, with_recipe
 from .output_names import output_name_problem
 from .naming import Component, component_of
-from .rerank import RankPolicy, rerank_terms
+from .rerank import DenseTerm, RankPolicy, rerank_terms
 
 if TYPE_CHECKING:
     from .block_spec import BlockWeights
@@ -96,9 +99,10 @@ class MergeSpec:
     def reranks(self) -> bool:
         return self.new_rank is not None or self.energy is not None
 
-    def recipe(self, loras: Sequence[LoraFile]) -> dict:
+    def recipe(self, loras: Sequence[LoraFile], base: Optional[dict] = None) -> dict:
         """What the output's `copylora` metadata records of this merge: inputs (with the hashes their reader
-        took), ratios, block weights and rank policy. No I/O: an input not read from a file has no file hash."""
+        took), ratios, block weights and rank policy, and the base model (named by its hash, as its reader
+        described it) when base-aware kinds needed one. No I/O: an input not read from a file has no file hash."""
         blocks = None if self.blocks is None else [None if b is None else b.describe() for b in self.blocks]
         return {
             "operation": "merge",
@@ -110,6 +114,7 @@ class MergeSpec:
             "unet_ratios": None if self.unet_ratios is None else list(self.unet_ratios),
             "blocks": blocks,
             "rank": {"mode": "svd", **self.policy.describe()} if self.reranks else {"mode": "concat"},
+            "base": base,
         }
 
     def weight(self, index: int, module: str) -> float:
@@ -126,8 +131,9 @@ class MergeSpec:
         return ratio if blocks is None else ratio * float(blocks.weight_for(module))
 
 
-def merge_loras(loras: Sequence[LoraFile], spec: MergeSpec) -> LoraFile:
-    """Merge the inputs as `spec` says. Emits a MergeWarning for anything stored differently than asked."""
+def merge_loras(loras: Sequence[LoraFile], spec: MergeSpec, base: Optional[BaseWeights] = None) -> LoraFile:
+    """Merge the inputs as `spec` says; `base` gives the weights base-aware kinds modify (needed only when an input
+    has such modules). Emits a MergeWarning for anything stored differently than asked."""
     loras = list(loras)
     if len(spec.ratios) != len(loras):
         raise MergeError(f"{len(loras)} models but {len(spec.ratios)} ratios: give one ratio per model")
@@ -136,10 +142,13 @@ def merge_loras(loras: Sequence[LoraFile], spec: MergeSpec) -> LoraFile:
     modules = _collect_parts(loras, spec)
     if not modules:
         raise MergeError("nothing to merge: every module has ratio or block weight 0")
-    layers, notes = (_rerank_layers if spec.reranks else _concat_layers)(modules, spec)
+    needing = require_base(modules, family, base)
+    based = base_aware_terms(modules, needing, base) if needing else {}
+    layers, notes = (_rerank_layers if spec.reranks else _concat_layers)(modules, spec, based)
     notes = _uncovered_block_notes(loras, spec) + notes
     merged = LoraFile(layers=layers, family=family)
-    merged.metadata = with_recipe(standard_metadata(merged, spec.output_name), spec.recipe(loras))
+    recipe = spec.recipe(loras, base.describe() if needing else None)
+    merged.metadata = with_recipe(standard_metadata(merged, spec.output_name), recipe)
     for note in notes:
         warnings.warn(note, MergeWarning, stacklevel=2)
     return merged
@@ -184,10 +193,14 @@ def _uncovered_block_notes(loras: Sequence[LoraFile], spec: MergeSpec) -> list[s
     return notes
 
 
-def _concat_layers(modules: dict[str, list[Part]], spec: MergeSpec) -> tuple[dict[str, Layer], list[str]]:
+def _concat_layers(modules: dict[str, list[Part]], spec: MergeSpec,
+                   based: dict[str, DenseTerm]) -> tuple[dict[str, Layer], list[str]]:
     layers: dict[str, Layer] = {}
     full: list[str] = []
     for name, parts in modules.items():
+        if name in based:
+            layers[name] = concat.full_from_term(name, based[name], parts)
+            continue
         shape = concat.module_shape(name, parts)
         if concat.is_low_rank(parts):
             layers[name] = concat.concat_layers(name, parts, shape)
@@ -196,27 +209,44 @@ def _concat_layers(modules: dict[str, list[Part]], spec: MergeSpec) -> tuple[dic
             full.append(name)
     notes = []
     if full:
-        notes.append(f"{len(full)} module(s) include LoHa/LoKr/full layers, which have no low-rank form: stored "
+        notes.append(f"{len(full)} module(s) include LoHa/LoKr/full/norm layers, which have no low-rank form: stored "
                      f"exactly as full weight differences (give a new rank to get LoRA factors): {_names(full)}")
+    if based:
+        notes.append(f"{len(based)} module(s) are DoRA/OFT/IA3/GLoRA, whose ΔW depends on the base: computed "
+                     f"against it and stored exactly as full weight differences: {_names(list(based))}")
     return layers, notes
 
 
-def _rerank_layers(modules: dict[str, list[Part]], spec: MergeSpec) -> tuple[dict[str, Layer], list[str]]:
+def _rerank_layers(modules: dict[str, list[Part]], spec: MergeSpec,
+                   based: dict[str, DenseTerm]) -> tuple[dict[str, Layer], list[str]]:
     terms = {}
     dropped_bias: list[str] = []
+    kept_full: dict[str, Layer] = {}
     for name, parts in modules.items():
+        if name in based:
+            terms[name] = based[name]
+            continue
         shape = concat.module_shape(name, parts)
-        if concat.is_low_rank(parts):
+        if len(shape) == 1:  # norm weights: a LoRA cannot hold a 1-D difference, so they stay exact
+            kept_full[name] = concat.sum_full(name, parts, shape)
+        elif concat.is_low_rank(parts):
             terms[name] = concat.low_rank_term(parts, shape)
         else:
             terms[name] = concat.dense_term(parts, shape)
             if concat.merged_bias(parts) is not None:
                 dropped_bias.append(name)
     factors = rerank_terms(terms, spec.policy, spec.device)
-    layers: dict[str, Layer] = {
-        name: concat.layer_from_factors(up, down, terms[name].shape) for name, (up, down) in factors.items()
-    }
+    layers: dict[str, Layer] = {}
+    for name in modules:
+        if name in kept_full:
+            layers[name] = kept_full[name]
+        else:
+            up, down = factors[name]
+            layers[name] = concat.layer_from_factors(up, down, terms[name].shape)
     notes = []
+    if kept_full:
+        notes.append(f"{len(kept_full)} norm module(s) have 1-D weights, which a LoRA cannot hold: kept exact as "
+                     f"full differences: {_names(list(kept_full))}")
     if dropped_bias:
         notes.append(f"{len(dropped_bias)} module(s) had bias differences, which a low-rank LoRA cannot hold: "
                      f"dropped when re-ranking: {_names(dropped_bias)}")

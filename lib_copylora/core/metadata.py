@@ -18,7 +18,9 @@ from .lorafile import LoraFile
 
 RECIPE_KEY = "copylora"
 DYNAMIC = "Dynamic"
-_ALGO = {LayerKind.LOHA: "loha", LayerKind.LOKR: "lokr", LayerKind.FULL: "full", LayerKind.LORA: "locon"}
+_ALGO = {LayerKind.LOHA: "loha", LayerKind.LOKR: "lokr", LayerKind.FULL: "full", LayerKind.LORA: "locon",
+         LayerKind.NORM: "full", LayerKind.OFT: "diag-oft", LayerKind.BOFT: "boft", LayerKind.IA3: "ia3",
+         LayerKind.GLORA: "glora"}
 
 
 def _uniform(values: Iterable[str]) -> Optional[str]:
@@ -36,6 +38,8 @@ def _alpha_text(layer) -> str:
 
 def _algo(kinds: set[LayerKind]) -> str:
     lycoris = kinds - {LayerKind.LORA}
+    if not lycoris:
+        return _ALGO[LayerKind.LORA]
     if len(lycoris) == 1:
         return _ALGO[next(iter(lycoris))]
     # mixed LyCORIS kinds have no single algo; name them all so a reader at least sees what is inside
@@ -58,7 +62,9 @@ def network_fields(lora: LoraFile) -> dict[str, str]:
         args["conv_dim"] = _uniform(str(l.rank) for l in conv)
         args["conv_alpha"] = _uniform(_alpha_text(l) for l in conv)
     kinds = lora.kinds
-    if kinds <= {LayerKind.LORA}:
+    if any(hasattr(layer, "magnitude") for layer in lora.layers.values()):
+        args["dora_wd"] = "True"  # LyCORIS' name for weight decomposition (DoRA)
+    if kinds <= {LayerKind.LORA} and "dora_wd" not in args:
         fields["ss_network_module"] = "networks.lora"
     else:
         fields["ss_network_module"] = "lycoris.kohya"

@@ -4,8 +4,10 @@ A merged LoRA delta is a sum of low-rank products, ΔW = U @ D with U = [s1·U1 
 D = [D1; …; Dn] (R × in·kh·kw). Orthonormalising both sides (U = Qu·Ru, Dᵀ = Qd·Rd) leaves a small R × R core
 Ru·Rdᵀ whose SVD is the SVD of ΔW; truncating it gives the same rank-k approximation a dense SVD of ΔW would
 (Eckart–Young), at a cost linear in the layer size instead of cubic. Kinds with no low-rank form (LoHa, LoKr,
-full) fall back to a dense SVD. Same-shape modules are decomposed as one batch: hundreds of tiny LAPACK calls
-are dominated by per-call overhead (docs/architecture.md §5).
+full, and every module computed against a base: DoRA, OFT, IA3, GLoRA) take the dense route (`dense_svd`): the
+top singular directions of ΔW from the Gram matrix of its smaller side, refined in float64, which is the same
+truncation a full SVD gives at a fraction of its cost. Same-shape modules are decomposed as one batch: hundreds
+of tiny LAPACK calls are dominated by per-call overhead (docs/architecture.md §5).
 """
 
 from __future__ import annotations
@@ -93,9 +95,45 @@ def low_rank_svd(ups: Tensor, downs: Tensor) -> Spectrum:
     return Spectrum(q_up @ left, values, right @ q_down.mT)
 
 
-def dense_svd(deltas: Tensor) -> Spectrum:
-    """Thin SVD of stacked dense deltas (B, out, n): the fallback for kinds with no low-rank form."""
-    left, values, right = torch.linalg.svd(deltas, full_matrices=False)
+# Directions kept beyond the asked rank while refining: they absorb what float32's Gram could not separate.
+_OVERSAMPLE = 8
+
+
+class GramSpectrum(NamedTuple):
+    """The smaller side's Gram eigendecomposition of stacked deltas (B, out, n): squared singular values (B, s),
+    descending, accurate to float32 relative to the largest; the matching right singular vectors of the tall
+    view (B, s, s), as columns; `flipped` when the tall view is ΔWᵀ (out < n)."""
+
+    squared: Tensor
+    vectors: Tensor
+    flipped: bool
+
+
+def gram_spectrum(deltas: Tensor) -> GramSpectrum:
+    flipped = deltas.shape[-2] < deltas.shape[-1]
+    tall = deltas.mT if flipped else deltas  # (B, big, small)
+    eigenvalues, vectors = torch.linalg.eigh(tall.mT @ tall)
+    return GramSpectrum(eigenvalues.flip(-1).clamp_min(0), vectors.flip(-1), flipped)
+
+
+def dense_svd(deltas: Tensor, keep: Optional[int] = None, gram: Optional[GramSpectrum] = None) -> Spectrum:
+    """The top `keep` (None: all) singular triplets of stacked dense deltas (B, out, n), for kinds with no low-rank
+    form. Exact-then-truncated like a full SVD, not a sketch: the Gram eigenvectors of the smaller side span the
+    top directions up to float32 rounding; one float64 step of subspace iteration (V ← orth(ΔWᵀΔW V)) and a
+    Rayleigh–Ritz SVD of the thin ΔW V then give the triplets to float64 accuracy. Costs a Gram product and an
+    s × s eigendecomposition instead of an SVD of the whole matrix (tests/test_rerank_dense.py holds it to
+    torch.linalg.svd's truncation, rank-deficient and ill-conditioned inputs included)."""
+    gram = gram_spectrum(deltas) if gram is None else gram
+    tall = deltas.mT if gram.flipped else deltas
+    small = tall.shape[-1]
+    width = small if keep is None else min(small, keep + _OVERSAMPLE)
+    tall64 = tall.to(torch.float64)
+    basis, _ = torch.linalg.qr(tall64.mT @ (tall64 @ gram.vectors[..., :width].to(torch.float64)))
+    left, values, right = torch.linalg.svd(tall64 @ basis, full_matrices=False)
+    right = right @ basis.mT  # (B, m, small)
+    left, values, right = (t.to(deltas.dtype) for t in (left, values, right))
+    if gram.flipped:  # ΔWᵀ = L Σ R, so ΔW = Rᵀ Σ Lᵀ
+        return Spectrum(right.mT, values, left.mT)
     return Spectrum(left, values, right)
 
 
@@ -162,12 +200,20 @@ def _rerank_group(terms: list[Term], names: list[str], policy: RankPolicy, devic
         # LAPACK refuses non-finite input with a message that names no module; say which one
         _refuse_non_finite(names, _sums(ups) + _sums(downs), "merged weights (NaN or inf in an input)")
         spectra = low_rank_svd(ups, downs)
+        ranks = _ranks(spectra.values, terms, policy)
     else:
         deltas = torch.stack([t.delta for t in terms]).to(device=device, dtype=torch.float32)
         _refuse_non_finite(names, _sums(deltas), "merged weights (NaN or inf in an input)")
-        spectra = dense_svd(deltas)
-    values = spectra.values.cpu()
-    ranks = [policy.choose_rank(values[index], term.shape) for index, term in enumerate(terms)]
+        # Each module scaled to max |entry| 1 first: its float32 Gram squares the entries, which would overflow
+        # above ~1e19 and flush to zero below ~1e-19; the spectrum scales back exactly.
+        scale = deltas.abs().amax(dim=(1, 2), keepdim=True)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        unit = deltas / scale
+        # the ranks come from the whole spectrum (an energy share needs every value), then only those are refined
+        gram = gram_spectrum(unit)
+        ranks = _ranks(gram.squared.sqrt(), terms, policy)
+        left, values, right = dense_svd(unit, max(ranks), gram)
+        spectra = Spectrum(left, values * scale[:, :, 0], right)
     # Split the whole batch at once (per-module tensor calls dominate for small layers), then slice each module.
     ups, downs = truncate(spectra, max(ranks))
     _refuse_non_finite(names, _sums(ups) + _sums(downs), "re-ranked weights")
@@ -175,6 +221,11 @@ def _rerank_group(terms: list[Term], names: list[str], policy: RankPolicy, devic
     # clone: each module owns its tensors, so savers that refuse shared storage never see a view of the batch
     return {name: (ups[index, :, :rank].clone(), downs[index, :rank].clone())
             for index, (name, rank) in enumerate(zip(names, ranks))}
+
+
+def _ranks(values: Tensor, terms: list[Term], policy: RankPolicy) -> list[int]:
+    values = values.cpu()
+    return [policy.choose_rank(values[index], term.shape) for index, term in enumerate(terms)]
 
 
 def _sums(batch: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple, Optional, Sequence
 
 from ..core.errors import MergeError, OutputExists
 from ..core.merge import MergeSpec
@@ -23,7 +23,11 @@ from .merge_options import NO_BLOCKS, SAVE_ALIASES, SAVE_PRECISIONS, save_dtype
 from .safe_paths import lora_file_inside, relative_name, resolve_inside
 
 if TYPE_CHECKING:
+    from ..core.base_weights import BaseWeights
     from ..core.lorafile import LoraFile
+
+BaseProvider = Callable[[], "BaseWeights"]
+
 
 def check_inputs(models: int, ratios: int, blocks: Optional[int]) -> None:
     """The counts both faces check before anything is read."""
@@ -46,8 +50,11 @@ class MergeJob:
     overwrite: bool = False
     block_specs: Optional[tuple[str, ...]] = None  # per input: numbers, a preset name, or NO_BLOCKS
     presets: Mapping[str, Sequence[float]] = field(default_factory=dict)
-    # The base checkpoint for base-aware kinds (the `formats` branch's `--base CHECKPOINT`, e.g. DoRA) goes here,
-    # as a base-weights provider field, and reaches `merge_loras` in `run_merge_job` below: nowhere else.
+    # The weights base-aware kinds (DoRA, OFT/BOFT, IA3, GLoRA) modify: the CLI's `--base CHECKPOINT`, the WebUI's
+    # loaded model (webui/base_weights.py, through the service's host). A provider, not the weights: it is called
+    # in `run_merge_job` only when an input has such modules, so a checkpoint nobody needs is neither hashed nor
+    # opened, and the loaded model is read under the host's exclusive section.
+    base_weights: Optional[BaseProvider] = None
 
     def __post_init__(self) -> None:
         check_inputs(len(self.inputs), len(self.spec.ratios),
@@ -64,6 +71,8 @@ class MergeOutcome(NamedTuple):
     written: Path
     warnings: list[str]
     seconds: tuple[float, float, float]  # read, merge, write
+    notes: list[str]  # what the readers accepted leniently, per input
+    base: Optional["BaseWeights"]  # the base the merge used; None when no input needed one
 
 
 def _parse_blocks(job: MergeJob, loras) -> Optional[tuple]:
@@ -82,15 +91,18 @@ def run_merge_job(job: MergeJob) -> MergeOutcome:
     started = time.perf_counter()
     loras = [read_lora(path) for path in job.inputs]
     spec = dataclasses.replace(job.spec, blocks=_parse_blocks(job, loras))
+    needs_base = any(lora.needs_base for lora in loras)
+    base = job.base_weights() if needs_base and job.base_weights is not None else None
     read_done = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MergeWarning)
-        merged = merge_loras(loras, spec)
+        merged = merge_loras(loras, spec, base)
     merge_done = time.perf_counter()
     job.target.parent.mkdir(parents=True, exist_ok=True)
     written = write_lora(merged, job.target, dtype=save_dtype(job.save_precision), overwrite=job.overwrite)
     seconds = (read_done - started, merge_done - read_done, time.perf_counter() - merge_done)
-    return MergeOutcome(loras, merged, spec, written, [str(w.message) for w in caught], seconds)
+    notes = [f"{lora.name}: {note}" for lora in loras for note in lora.notes]
+    return MergeOutcome(loras, merged, spec, written, [str(w.message) for w in caught], seconds, notes, base)
 
 
 def _help(text: str, **kwargs):
@@ -150,7 +162,9 @@ def output_path(request: MergeRequest, lora_dir: Path) -> Path:
     return lora_file_inside(folder, request.output, "output")
 
 
-def run_merge(request: MergeRequest, lora_dir: Path, presets: Mapping[str, Sequence[float]]) -> MergeResult:
+def run_merge(request: MergeRequest, lora_dir: Path, presets: Mapping[str, Sequence[float]],
+              base_weights: Optional[BaseProvider] = None) -> MergeResult:
+    """`base_weights`: the host's model as the base of DoRA/OFT/IA3/GLoRA inputs (see `MergeJob.base_weights`)."""
     lora_dir = Path(lora_dir).resolve()
     target = output_path(request, lora_dir)
     if target.exists() and not request.overwrite:
@@ -158,7 +172,7 @@ def run_merge(request: MergeRequest, lora_dir: Path, presets: Mapping[str, Seque
                            "ask to overwrite")
     paths = [lora_file_inside(lora_dir, name, f"models[{i}]", must_exist=True) for i, name in enumerate(request.models)]
     job = MergeJob(tuple(paths), request.spec(target.stem), target, request.save_precision, request.overwrite,
-                   None if request.blocks is None else tuple(request.blocks), presets)
+                   None if request.blocks is None else tuple(request.blocks), presets, base_weights)
     outcome = run_merge_job(job)
     written = outcome.written
     return MergeResult(written, relative_name(lora_dir, written), f"<lora:{written.stem}:1>",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
 from ..core.presets import delete_preset, load_presets, save_preset
 from ..train.data_config import DatasetConfig
@@ -22,6 +22,9 @@ from .lora_list import lora_names
 from .merge_run import MergeRequest, MergeResult, run_merge
 from .safe_paths import resolve_inside
 from .train_request import Folders, TrainRequest, build_section
+
+if TYPE_CHECKING:
+    from ..core.base_weights import BaseWeights
 
 MERGE_JOB = "copylora-merge"
 UNLOAD_SAVE_WAIT_S = 120  # a step to finish, then the LoRA and its resume state written: seconds, rarely more
@@ -57,6 +60,11 @@ class ServiceHost(Protocol):
 
     def preset_file(self) -> Path:
         """The block-weight preset file users edit."""
+        ...
+
+    def base_weights(self) -> "BaseWeights":
+        """The loaded model's own, unmodified weights: the base of DoRA/OFT/IA3/GLoRA inputs of a merge. Called
+        only inside `exclusive`, and only when an input needs it."""
         ...
 
 
@@ -104,7 +112,7 @@ class CopyLoraService:
 
     def merge(self, request: MergeRequest) -> MergeResult:
         with self.host.exclusive(MERGE_JOB):
-            result = run_merge(request, self.folders().loras, self.presets())
+            result = run_merge(request, self.folders().loras, self.presets(), base_weights=self.host.base_weights)
         self.host.refresh_loras()
         return result
 

@@ -106,10 +106,15 @@ class NetworkConfig:
                                      default=False)
     use_tucker: bool = _help("Tucker decomposition for k×k convolutions (LyCORIS use_tucker)", default=False)
     lokr_factor: int = _help("LoKr Kronecker factor; -1 picks the most balanced split", default=-1)
+    dora: bool = _help("DoRA for lora/locon: LyCORIS' weight decomposition, a learned magnitude per input channel "
+                       "saved as `dora_scale` the way the WebUI applies it; merging the result needs the base "
+                       "model", default=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", _enum(self.kind, NetworkKind, "network kind"))
         check_flags(self)
+        if self.dora and self.kind not in (NetworkKind.LORA, NetworkKind.LOCON):
+            raise TrainConfigError(f"dora works with lora and locon networks, not {self.kind.value}")
         _whole(self, "rank", upper=MAX_RANK)
         _positive("alpha", self.alpha, allow_zero=True, upper=MAX_RANK)
         if self.conv_rank is not None:

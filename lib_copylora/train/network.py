@@ -5,6 +5,8 @@ The modules come from lycoris-lora; we never let them patch the host. lycoris' o
 that adds the module's ΔW·x (`bypass_forward_diff`) to the output. Removing the hook handles restores the host's
 modules exactly, and the base weights are never written: a base model ends bit-identical however training ends.
 Several networks may hook one module (the copier's frozen A under a trained B): their ΔW·x add up.
+DoRA modules (LoRA/LoCon with weight decomposition) have no bypass form in lycoris, so their hook applies the
+decomposed weight's change, computed from the host's current weight (dora.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..core.family import Family
 from ..core.layers import Layer, LohaLayer, LokrLayer, LowRankLayer
 from ..core.lorafile import LoraFile
 from .config import NetworkConfig, NetworkKind
+from .dora import dora_delta_output, with_magnitude
 from .errors import TrainingError
 from .host import Component, TargetModule
 from .lowrank import fusable, lowrank_hook
@@ -93,7 +96,13 @@ def _make_module(placement: Placement, config: NetworkConfig) -> torch.nn.Module
     kwargs = dict(multiplier=1.0, lora_dim=placement.rank, alpha=placement.alpha, use_tucker=config.use_tucker)
     if config.kind is NetworkKind.LOKR:
         kwargs.update(factor=config.lokr_factor, decompose_both=False)
-    return cls(placement.target.kohya_name, shape_stand_in(placement.target.module), **kwargs)
+    stand_in = shape_stand_in(placement.target.module)
+    if config.dora:  # per-input magnitudes: the layout the WebUI's built-in Lora applies
+        if stand_in is not placement.target.module:  # DoRA reads the layer's own weight, which a stand-in lacks
+            raise TrainingError(f"{placement.target.kohya_name}: DoRA needs torch's own Linear/Conv2d layers and "
+                                f"this host uses {type(placement.target.module).__name__}; train without dora")
+        kwargs.update(weight_decompose=True, wd_on_out=False)
+    return cls(placement.target.kohya_name, stand_in, **kwargs)
 
 
 class LoraNetwork(torch.nn.Module):
@@ -175,6 +184,8 @@ def _delta_hook(network: LoraNetwork, module: torch.nn.Module):
     def hook(_target, args, output):
         if network.multiplier == 0.0:
             return output
+        if getattr(module, "wd", False):
+            return output + dora_delta_output(module, args[0], network.multiplier)
         return output + module.bypass_forward_diff(args[0], scale=network.multiplier)
     return hook
 
@@ -189,8 +200,9 @@ def module_to_layer(module: torch.nn.Module) -> Layer:
     alpha = float(module.alpha)
     scalar = module.scalar
     if isinstance(module, LoConModule):
-        return LowRankLayer(down=_t(module.lora_down.weight), up=_t(module.lora_up.weight * scalar), alpha=alpha,
-                            mid=_t(module.lora_mid.weight) if module.tucker else None)
+        layer = LowRankLayer(down=_t(module.lora_down.weight), up=_t(module.lora_up.weight * scalar), alpha=alpha,
+                             mid=_t(module.lora_mid.weight) if module.tucker else None)
+        return with_magnitude(layer, module)
     if isinstance(module, LohaModule):
         return LohaLayer(w1a=_t(module.hada_w1_a * scalar), w1b=_t(module.hada_w1_b), w2a=_t(module.hada_w2_a),
                          w2b=_t(module.hada_w2_b), shape=tuple(int(s) for s in module.shape), alpha=alpha,

@@ -30,6 +30,7 @@ from ..core.errors import OutputExists
 from ..core.formats import write_lora
 from ..core.lorafile import LoraFile
 from ..core.merge import MergeSpec, merge_loras
+from .dora import TrainingBase
 from ..core.metadata import read_recipe
 from .callbacks import Callbacks, TrainControl
 from .checkpoint import state_path
@@ -114,7 +115,8 @@ def train_difference(host: TrainingHost, config: TrainConfig, data_a: BatchSourc
                          new_conv_rank=config.route.new_conv_rank, output_name=config.output.output_name)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            merged = merge_loras([lora_b, lora_a], spec)
+            # DoRA parts change with the weight they modify: the host's own weights are the base
+            merged = merge_loras([lora_b, lora_a], spec, TrainingBase(network_a, host.family))
         for warning in caught:
             run.callbacks.log(f"merge: {warning.message}")
         lora = run.finish(merged, phases, data_b, merge=read_recipe(merged.metadata))

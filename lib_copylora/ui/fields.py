@@ -43,7 +43,7 @@ LABELS: dict[Key, str] = {
     ("loss", "min_snr_gamma"): "Min-SNR gamma", ("optim", "betas"): "Betas (β1, β2)", ("optim", "eps"): "Epsilon",
     ("network", "use_tucker"): "Tucker decomposition", ("dataset", "enable_bucket"): "Aspect-ratio buckets",
     ("dataset", "flip_aug"): "Mirror images (flip)", ("output", "save_state"): "Save a resume state",
-    ("optim", "num_cycles"): "Cosine restarts",
+    ("optim", "num_cycles"): "Cosine restarts", ("network", "dora"): "DoRA (weight decomposition)",
 }
 # Defaults that differ from the dataclass's in the form: blank means "the server decides".
 FORM_DEFAULTS: dict[Key, Any] = {("sample", "every_n_steps"): None, ("loop", "precision"): AUTO_PRECISION}

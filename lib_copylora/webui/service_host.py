@@ -55,3 +55,12 @@ class WebUIServiceHost:
 
     def preset_file(self) -> Path:
         return preset_path()
+
+    def base_weights(self):
+        """The loaded model as a merge's base (the built-in Lora's backups where it merged something); the service
+        calls this inside `exclusive`, so the model cannot change meanwhile."""
+        from modules import shared
+
+        from .base_weights import LoadedModelBase
+
+        return LoadedModelBase(shared.sd_model)

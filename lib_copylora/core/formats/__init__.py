@@ -22,8 +22,9 @@ from ..family import Family
 from ..layers import Layer, LayerKind
 from ..lorafile import LoraFile
 from ..metadata import standard_metadata
+from ..base_layers import DoraLayer
 from ..safetensors_io import kohya_hashes, read_safetensors_file, write_safetensors
-from . import full, kohya_lora, loha, lokr
+from . import full, glora, ia3, kohya_lora, loha, lokr, norm, oft
 from .names import is_sd1_conv_projection, sdxl_canonical_name
 from .registry import ADAPTERS, collect_layers, describe_leftovers
 
@@ -31,7 +32,9 @@ __all__ = ["read_lora", "lora_from_state_dict", "lora_to_state_dict", "write_lor
 
 PathLike = Union[str, os.PathLike]
 _WRITERS = {LayerKind.LORA: kohya_lora.to_state_dict, LayerKind.LOHA: loha.to_state_dict,
-            LayerKind.LOKR: lokr.to_state_dict, LayerKind.FULL: full.to_state_dict}
+            LayerKind.LOKR: lokr.to_state_dict, LayerKind.FULL: full.to_state_dict, LayerKind.NORM: norm.to_state_dict,
+            LayerKind.OFT: oft.to_state_dict, LayerKind.BOFT: oft.to_state_dict, LayerKind.IA3: ia3.to_state_dict,
+            LayerKind.GLORA: glora.to_state_dict}
 _HASH_KEYS = ("sshs_model_hash", "sshs_legacy_hash")
 
 
@@ -56,7 +59,20 @@ def lora_from_state_dict(tensors: dict[str, torch.Tensor], metadata: Optional[di
     family = detect_family(collected.layers, metadata).family
     layers = _settle(collected.layers, family, label)
     return LoraFile(layers=layers, family=family, metadata=metadata,
-                    path=Path(path) if path is not None else None, unused_keys=list(collected.leftover))
+                    path=Path(path) if path is not None else None, unused_keys=list(collected.leftover),
+                    notes=_lenient_notes(layers))
+
+
+def _lenient_notes(layers: dict[str, Layer]) -> list[str]:
+    stored_4d = [name for name, layer in layers.items() if getattr(_inner(layer), "stored_4d", False)]
+    if not stored_4d:
+        return []
+    return [f"{len(stored_4d)} LoHa module(s) store a conv factor 4-D; read flattened, as the WebUI reads them "
+            f"(e.g. {stored_4d[0]})"]
+
+
+def _inner(layer):
+    return layer.inner if isinstance(layer, DoraLayer) else layer
 
 
 def _settle(layers: dict[str, Layer], family: Family, label: str) -> dict[str, Layer]:
@@ -66,13 +82,20 @@ def _settle(layers: dict[str, Layer], family: Family, label: str) -> dict[str, L
     for name, layer in sorted(layers.items()):
         if family is Family.SDXL:
             name = sdxl_canonical_name(name)
-        elif (family is Family.SD1 and layer.kind in (LayerKind.LOHA, LayerKind.LOKR)
-              and len(layer.shape) == 2 and is_sd1_conv_projection(name)):
-            layer = dataclasses.replace(layer, shape=(*layer.shape, 1, 1))
+        elif family is Family.SD1 and is_sd1_conv_projection(name):
+            layer = _as_1x1_conv(layer)
         if name in settled:
             raise FormatError(f"{label}: module {name} is stored twice under different spellings")
         settled[name] = layer
     return settled
+
+
+def _as_1x1_conv(layer: Layer) -> Layer:
+    if isinstance(layer, DoraLayer):
+        return DoraLayer(_as_1x1_conv(layer.inner), layer.magnitude)
+    if layer.kind in (LayerKind.LOHA, LayerKind.LOKR) and len(layer.shape) == 2:
+        return dataclasses.replace(layer, shape=(*layer.shape, 1, 1))
+    return layer
 
 
 def lora_to_state_dict(lora: LoraFile, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
@@ -81,7 +104,9 @@ def lora_to_state_dict(lora: LoraFile, dtype: torch.dtype = torch.float16) -> di
     out: dict[str, torch.Tensor] = {}
     for name in sorted(lora.layers):
         layer = lora.layers[name]
-        out.update(_WRITERS[layer.kind](name, layer, dtype))
+        out.update(_WRITERS[layer.kind](name, _inner(layer), dtype))
+        if isinstance(layer, DoraLayer):
+            out[name + ".dora_scale"] = layer.magnitude.to(dtype)
     return out
 
 

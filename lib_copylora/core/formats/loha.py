@@ -1,6 +1,7 @@
 """LyCORIS LoHa: `<module>.hada_w1_a`, `hada_w1_b`, `hada_w2_a`, `hada_w2_b`, optional Tucker `hada_t1`/`hada_t2`,
 and `alpha` (lycoris/modules/loha.py). Plain: w?_a (out, r), w?_b (r, in·k·k), a conv stored flattened.
-Tucker: w?_a (r, out), w?_b (r, in), t? (r, r, k, k)."""
+Tucker: w?_a (r, out), w?_b (r, in), t? (r, r, k, k). Lenient as the WebUI is: a conv factor stored 4-D, w?_b
+(r, in, k, k) and w?_a (out, r, 1, 1), is read flattened with the kernel from its shape (`stored_4d` says so)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ def load(module: str, tensors: dict[str, torch.Tensor]) -> Optional[tuple[str, L
         return None
     w1a, w1b, w2a, w2b = (pop(tensors, f"{module}.{p}") for p in _PARTS)
     t1, t2 = (pop(tensors, f"{module}.{p}") for p in _TUCKER)
+    kernel: tuple[int, ...] = ()
+    stored_4d = not tucker and w1b.dim() == 4
+    if stored_4d:
+        kernel = tuple(int(k) for k in w1b.shape[2:])
+        require(w2b.dim() == 4 and tuple(w2b.shape[2:]) == kernel, module,
+                f"hada_w1_b {tuple(w1b.shape)} and hada_w2_b {tuple(w2b.shape)} store different kernels")
+        require(all(a.dim() == 2 or tuple(a.shape[2:]) == (1, 1) for a in (w1a, w2a)), module,
+                "a 4-D hada_w?_a must be 1×1")
+        w1a, w2a = (a.reshape(a.shape[0], -1) for a in (w1a, w2a))
+        w1b, w2b = (b.reshape(b.shape[0], -1) for b in (w1b, w2b))
     require(all(t.dim() == 2 for t in (w1a, w1b, w2a, w2b)), module, "LoHa factors must be matrices")
     if tucker:
         require(t1.dim() >= 3 and t1.shape == t2.shape, module, f"hada_t1 {tuple(t1.shape)} / hada_t2 mismatch")
@@ -45,11 +56,12 @@ def load(module: str, tensors: dict[str, torch.Tensor]) -> Optional[tuple[str, L
     else:
         require(w1a.shape[1] == w1b.shape[0] and w2a.shape[1] == w2b.shape[0], module,
                 f"hada_w?_a {tuple(w1a.shape)} and hada_w?_b {tuple(w1b.shape)} ranks differ")
-        shape = flattened_shape(module, int(w1a.shape[0]), int(w1b.shape[1]))
+        shape = (flattened_shape(module, int(w1a.shape[0]), int(w1b.shape[1])) if not kernel else
+                 (int(w1a.shape[0]), int(w1b.shape[1]) // (kernel[0] * kernel[1]), *kernel))
     require(w1a.shape == w2a.shape and w1b.shape == w2b.shape, module,
             "the two Hadamard halves have different shapes")
     layer = LohaLayer(w1a=w1a, w1b=w1b, w2a=w2a, w2b=w2b, shape=shape, alpha=pop_alpha(tensors, module),
-                      t1=t1, t2=t2)
+                      t1=t1, t2=t2, stored_4d=stored_4d)
     return module, layer
 
 

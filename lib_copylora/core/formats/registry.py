@@ -4,6 +4,9 @@ Each adapter is a small module with `NAME`, `find_modules(keys) -> [module]` (th
 format) and `load(module, tensors) -> (kohya_name, layer) | None`, which pops every key it uses from `tensors` and
 returns None, touching nothing, when the module's keys are incomplete. Adapters are asked in the order below and
 the first that loads a module wins; whatever keys are left at the end were used by no one.
+
+DoRA is not a format of its own but a `dora_scale` beside any kind (as the WebUI reads it): once an adapter has
+loaded a module, its `dora_scale` key, if any, wraps the layer in a DoraLayer.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
+from ..base_layers import DoraLayer
 from ..errors import FormatError
 from ..layers import Layer
-from . import full, kohya_lora, loha, lokr, peft
+from . import full, glora, ia3, kohya_lora, loha, lokr, norm, oft, peft
+from .common import pop
 
 
 class FormatAdapter(NamedTuple):
@@ -27,7 +32,8 @@ def _adapter(module) -> FormatAdapter:
     return FormatAdapter(module.NAME, module.find_modules, module.load)
 
 
-ADAPTERS: tuple[FormatAdapter, ...] = tuple(_adapter(m) for m in (kohya_lora, loha, lokr, full, peft))
+ADAPTERS: tuple[FormatAdapter, ...] = tuple(
+    _adapter(m) for m in (kohya_lora, loha, lokr, full, norm, oft, ia3, glora, peft))
 
 
 class Collected(NamedTuple):
@@ -48,6 +54,9 @@ def collect_layers(tensors: dict[str, torch.Tensor]) -> Collected:
             if result is None:
                 continue
             name, layer = result
+            magnitude = pop(remaining, module + ".dora_scale")
+            if magnitude is not None:
+                layer = DoraLayer(layer, magnitude)
             if name in layers:
                 raise FormatError(f"module {name} is stored twice (second time as {adapter.name} keys of {module})")
             layers[name] = layer
