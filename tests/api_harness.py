@@ -89,6 +89,11 @@ class Host:
     def preset_file(self) -> Path:
         return self.preset_file_
 
+    def base_weights(self):
+        from lib_copylora.core.errors import MergeError
+
+        raise MergeError("this harness has no model: no corpus merge may need a base")
+
 
 class Api(NamedTuple):
     client: TestClient
