@@ -1,4 +1,4 @@
-"""CopyLoRA's HTTP API under /copylora/v1 (registered from on_app_started; see README.md, "The API").
+"""CopyLoRA's HTTP API under /copylora/v1 (registered from on_app_started; see docs/api.md).
 
 Every bad request answers a 4xx with a one-line `detail`: 400 for a request that cannot run (unknown fields
 included, named with the closest known one), 404 for an unknown job, 409 for an output a queued or running job
