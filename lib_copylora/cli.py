@@ -9,6 +9,7 @@ import importlib
 import os
 import re
 import sys
+import warnings
 
 COMMANDS = ("merge", "inspect", "presets", "train", "demo")
 # argparse reads `-1` and `-0.5` as values but `-1e-1` or `-inf` as unknown options; every number is a value here
@@ -54,6 +55,8 @@ def _refuse(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_threads()
+    # PIL warns about a large image before our scan refuses it with its own line; the warning would only repeat it
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", module=r"PIL\.")
     from .core.errors import CopyLoraError
 
     args = build_parser().parse_args(argv)

@@ -22,7 +22,7 @@ import torch
 from .buckets import Size, closest_bucket, cover_and_crop, fixed_bucket, make_buckets, no_upscale_bucket
 from .captions import augment_caption, read_caption
 from .data_config import DatasetConfig, DatasetError
-from .image_check import UnreadableImage, bombs_refused, image_size, unreadable_errors, unreadable_message, \
+from .image_check import UnreadableImage, image_size, open_image, unreadable_errors, unreadable_message, \
     unreadable_reason
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -183,7 +183,7 @@ def load_image(record: ImageRecord, flip: bool) -> torch.Tensor:
     from PIL import Image, ImageOps
 
     try:
-        with bombs_refused(), Image.open(record.path) as raw:
+        with open_image(record.path) as raw:
             image = ImageOps.exif_transpose(raw).convert("RGB")
     except unreadable_errors() as exc:  # it was readable when the set was scanned: changed since?
         raise DatasetError(f"{record.path} can no longer be read ({unreadable_reason(record.path, exc)}); it was "

@@ -5,11 +5,9 @@ before training starts instead of failing at the step that first needs it."""
 from __future__ import annotations
 
 import struct
-import warnings
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from .buckets import Size
 
@@ -22,16 +20,19 @@ class UnreadableImage(NamedTuple):
         return f"{self.path.parent.name}/{self.path.name} ({self.reason})"
 
 
-@contextmanager
-def bombs_refused() -> Iterator[None]:
-    """PIL only warns between its pixel limit and twice that (and raises above); both are unreadable to us. Python's
-    warnings filters are process-wide, so for this moment another thread's bomb warning is an error too: the safe
-    side."""
+def open_image(path: Path):
+    """`Image.open`, refusing a decompression bomb. PIL raises only above twice its pixel limit and merely warns
+    between the two; both are unreadable to us. The check reads the header's size instead of turning the warning
+    into an error, since warning filters are process-wide and the WebUI generates in other threads meanwhile."""
     from PIL import Image
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        yield
+    image = Image.open(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and image.size[0] * image.size[1] > limit:
+        image.close()
+        raise Image.DecompressionBombError(f"Image size ({image.size[0] * image.size[1]} pixels) exceeds the limit "
+                                           f"of {limit} pixels")
+    return image
 
 
 def unreadable_errors() -> tuple[type[BaseException], ...]:
@@ -68,7 +69,7 @@ def image_size(path: Path) -> Size:
     JPEG, which still reads all of its data): a file that only has a readable header fails here, not in training."""
     from PIL import Image
 
-    with bombs_refused(), Image.open(path) as image:
+    with open_image(path) as image:
         # EXIF rotation swaps the sides of photos from phones; the loader applies it too.
         orientation = image.getexif().get(0x0112, 1)
         width, height = image.size
