@@ -11,7 +11,6 @@ as they scale LoRA files: ALL and NONE bit for bit, and a preset like our merge 
 from __future__ import annotations
 
 import functools
-import shutil
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from lib_copylora.service.merge_run import MergeJob, run_merge_job
 
 from .client import WebuiHttpError
 from .server import is_forge_tree
+from .training_support import lora_folder_cleaned
 
 pytestmark = [pytest.mark.webui, pytest.mark.filterwarnings("ignore::lib_copylora.core.merge.MergeWarning")]
 
@@ -41,10 +41,7 @@ FORGE_NO_EFFECT = ("oft", "boft", "ia3")
 
 @pytest.fixture(scope="module")
 def lora_dir(webui):
-    folder = webui.folders().loras
-    yield folder
-    shutil.rmtree(folder / SUBFOLDER, ignore_errors=True)
-    webui.post("/sdapi/v1/refresh-loras", {})
+    yield from lora_folder_cleaned(webui, SUBFOLDER)
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,12 @@ listed at once, and it acts like the sum of its parts; names outside the Lora fo
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
 
 from .client import WebuiHttpError
+from .training_support import lora_folder_cleaned
 
 pytestmark = pytest.mark.webui
 
@@ -20,10 +20,7 @@ SEED = 777
 
 @pytest.fixture(scope="module")
 def lora_dir(webui):
-    folder = webui.folders().loras
-    yield folder
-    shutil.rmtree(folder / SUBFOLDER, ignore_errors=True)
-    webui.post("/sdapi/v1/refresh-loras", {})
+    yield from lora_folder_cleaned(webui, SUBFOLDER)
 
 
 def _mean_difference(a: np.ndarray, b: np.ndarray) -> float:

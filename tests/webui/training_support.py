@@ -100,3 +100,12 @@ def train_and_apply(webui, lora_dir: Path, body: dict, steps: int) -> tuple[dict
     assert name in with_lora.infotext
     assert np.abs(with_lora.image.astype(float) - before_image).mean() > 0.5  # its keys matched the model
     return metadata, keys
+
+
+def lora_folder_cleaned(webui, subfolder: str):
+    """For a module fixture: the server's Lora folder; afterwards `subfolder` inside it is removed and the server's
+    Lora list refreshed."""
+    folder = webui.folders().loras
+    yield folder
+    shutil.rmtree(folder / subfolder, ignore_errors=True)
+    webui.post("/sdapi/v1/refresh-loras", {})
