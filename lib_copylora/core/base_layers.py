@@ -6,7 +6,8 @@ The WebUI's multiplier (prompt strength, block weight) then scales that ΔW line
 ratios once each ΔW is known. Facts carried over from the WebUI (extensions-builtin/Lora/network*.py):
 - DoRA: the kind's scaled ΔW is added to W, each input column of the sum is rescaled to `dora_scale / ‖column‖`
   (broadcast as stored, so LyCORIS' per-output `(out, 1)` magnitudes are applied the way the WebUI applies them),
-  and W is subtracted again.
+  and W is subtracted again. PEFT's DoRA (`lora_magnitude_vector`, which the WebUI does not load) rescales each
+  output row instead, to its magnitude over the row's norm, as PEFT merges it (`on_output`).
 - OFT: R = (I + Q)(I − Q)⁻¹ per block from Q = B − Bᵀ, ‖Q‖ clamped to `alpha · out` when alpha ≠ 0; W' = Rᵀ W per
   block of output rows (`oft_diag` stores R itself); BOFT chains butterfly stages; an optional `rescale` scales
   rows; ΔW = W' − W. The WebUI's scale is 1 for both.
@@ -51,6 +52,7 @@ class DoraLayer:
 
     inner: object
     magnitude: Tensor
+    on_output: bool = False  # PEFT's per-output-row magnitudes, stored (out,) or (out, 1, 1, 1) or (1, out, 1, 1)
     needs_base = True
 
     @property
@@ -84,6 +86,8 @@ class DoraLayer:
         weight = _require_base(self, base)
         inner = self.inner.delta(weight) if self.inner.needs_base else self.inner.delta()
         merged = weight + _fit(inner, weight, f"the {self.inner.kind.label} part")  # ours from here: in place
+        if self.on_output:
+            return self._rescale_rows(merged, weight)
         # the norm of each input column, over output rows and kernel taps, as the WebUI's apply_weight_decompose;
         # reduced where it lies (a transposed copy of a 10240 × 1280 weight cost more than the norm itself)
         norm = torch.linalg.vector_norm(merged, dim=(0, *range(2, merged.dim())), keepdim=True)
@@ -95,6 +99,15 @@ class DoraLayer:
             raise ShapeMismatch(f"dora_scale {tuple(self.magnitude.shape)} does not fit the base weight "
                                 f"{tuple(weight.shape)}")
         return merged.mul_(_f32(self.magnitude) / norm).sub_(weight)
+
+    def _rescale_rows(self, merged: Tensor, weight: Tensor) -> Tensor:
+        # PEFT keeps one magnitude per output row in whichever layout its layer class uses: only the count matters
+        if self.magnitude.numel() != merged.shape[0] or self.magnitude.dim() > merged.dim():
+            raise ShapeMismatch(f"lora_magnitude_vector {tuple(self.magnitude.shape)} does not fit the base weight "
+                                f"{tuple(weight.shape)} (one value per output row)")
+        rows = (merged.shape[0], *[1] * (merged.dim() - 1))
+        norm = torch.linalg.vector_norm(merged, dim=tuple(range(1, merged.dim())), keepdim=True)
+        return merged.mul_(_f32(self.magnitude).reshape(rows) / norm).sub_(weight)
 
 
 def _inner_fits(layer, base_shape: Shape) -> Optional[str]:

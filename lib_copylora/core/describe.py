@@ -74,10 +74,13 @@ def kinds_label(lora: LoraFile) -> str:
     if lowrank:
         # kohya's plain LoRA already has 1×1 convs (SD1's proj_in/proj_out); LoCon adds k×k ResNet/sampler convs
         labels.add(_LOCON if any(layer.is_conv and layer.shape[2:] != (1, 1) for layer in lowrank) else "LoRA")
-    dora = sum(isinstance(layer, DoraLayer) for layer in lora.layers.values())
     text = labels.pop() if len(labels) == 1 else "mixed: " + ", ".join(sorted(labels))
-    if dora:
-        text += f", with DoRA (dora_scale) on {'every module' if dora == len(bare) else f'{dora} module(s)'}"
+    doras = [layer for layer in lora.layers.values() if isinstance(layer, DoraLayer)]
+    for key, group in (("PEFT's lora_magnitude_vector", [d for d in doras if d.on_output]),
+                       ("dora_scale", [d for d in doras if not d.on_output])):
+        if group:
+            where = "every module" if len(group) == len(bare) else f"{len(group)} module(s)"
+            text += f", with DoRA ({key}) on {where}"
     return text
 
 

@@ -92,7 +92,7 @@ def _settle(layers: dict[str, Layer], family: Family, label: str) -> dict[str, L
 
 def _as_1x1_conv(layer: Layer) -> Layer:
     if isinstance(layer, DoraLayer):
-        return DoraLayer(_as_1x1_conv(layer.inner), layer.magnitude)
+        return dataclasses.replace(layer, inner=_as_1x1_conv(layer.inner))
     if layer.kind in (LayerKind.LOHA, LayerKind.LOKR) and len(layer.shape) == 2:
         return dataclasses.replace(layer, shape=(*layer.shape, 1, 1))
     return layer
@@ -106,6 +106,9 @@ def lora_to_state_dict(lora: LoraFile, dtype: torch.dtype = torch.float16) -> di
         layer = lora.layers[name]
         out.update(_WRITERS[layer.kind](name, _inner(layer), dtype))
         if isinstance(layer, DoraLayer):
+            if layer.on_output:  # the WebUI rescales input columns by dora_scale: these numbers would mean another ΔW
+                raise FormatError(f"module {name}: PEFT's per-output DoRA magnitudes have no kohya form the WebUI "
+                                  "applies; merge the file with a base (--base) to store its exact ΔW")
             out[name + ".dora_scale"] = layer.magnitude.to(dtype)
     return out
 

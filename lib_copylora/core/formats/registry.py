@@ -56,6 +56,9 @@ def collect_layers(tensors: dict[str, torch.Tensor]) -> Collected:
             name, layer = result
             magnitude = pop(remaining, module + ".dora_scale")
             if magnitude is not None:
+                if isinstance(layer, DoraLayer):
+                    raise FormatError(f"module {name} has two DoRA magnitudes ({module}.dora_scale and PEFT's "
+                                      "lora_magnitude_vector): keep one")
                 layer = DoraLayer(layer, magnitude)
             if name in layers:
                 raise FormatError(f"module {name} is stored twice (second time as {adapter.name} keys of {module})")
