@@ -3,15 +3,17 @@ WebUI's peak resident memory while training against its idle memory.
 
 Run from the repository root with the WebUI tier's tree (it starts its own server on the tier's fixtures: a
 random-weight SD1.5 checkpoint; one WebUI at a time on a shared machine, so take the tier's lock):
-    flock /tmp/copylora-webui.lock python bench/webui_train.py --webui-dir PATH/TO/WEBUI [--steps 8]
+    flock TIER_CACHE/webui.lock python bench/webui_train.py --webui-dir PATH/TO/WEBUI [--steps 12]
+(TIER_CACHE: the tier's COPYLORA_TEST_CACHE, by default copylora-tests-UID in the temporary folder)
 or against a server already running this extension:
     python bench/webui_train.py --url http://127.0.0.1:7860 --pid PID_OF_THE_WEBUI
 
-WebUI side: a run through POST /copylora/v1/train, timed from step `--warmup` to the last step by polling its
-status; VmRSS of the WebUI process sampled while idle and during the run. CLI side (after the server is stopped,
-so the two never share the memory): the same trainer on a DiffusersHost holding SD1.5's architecture with seeded
-random weights (the same shapes as the fixture checkpoint, which is random too), the same images and TrainConfig,
-timed by its step callback. Prints both and the ratios.
+WebUI side: a run through POST /copylora/v1/train, polled every `--poll` seconds as the tab polls (each poll is
+served by the process that trains); its speed is the one the run's status reports: steps/s over the last 10 steps,
+end of step to end of step. VmRSS of the WebUI process sampled while idle and during the run. CLI side (after the
+server is stopped, so the two never share the memory): the same trainer on a DiffusersHost holding SD1.5's
+architecture with seeded random weights (the same shapes as the fixture checkpoint, which is random too), the same
+images and TrainConfig, timed by its step callback over the same window. Prints both and the ratios.
 """
 
 from __future__ import annotations
@@ -50,10 +52,13 @@ def write_images(folder: Path, count: int, size: int) -> None:
         Image.fromarray(rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
 
 
-def rate_between(stamps: dict[int, float], args) -> float:
-    """Steps per second from the first step seen at or after the warm-up to the last one (polling may skip)."""
-    first = min(step for step in stamps if step >= args.warmup)
-    return (args.steps - first) / (stamps[args.steps] - stamps[first])
+def window_rate(stamps: dict[int, float], steps: int) -> float:
+    """Steps per second the way a run's status reports it (service/jobs.py): over the last RATE_WINDOW steps, from
+    the end of one step to the end of the last, so set-up and the first step's warm-up stay out."""
+    from lib_copylora.service.jobs import RATE_WINDOW
+
+    first = max(1, steps - RATE_WINDOW)
+    return (steps - first) / (stamps[steps] - stamps[first])
 
 
 def request_body(args) -> dict:
@@ -73,18 +78,19 @@ def measure_webui(client, pid: int, args) -> dict:
         idle.append(rss_bytes(pid))
         time.sleep(0.2)
     [job_id] = client.post("/copylora/v1/train", request_body(args))["job_ids"]
-    peak, stamps = 0, {}
-    while True:
+    peak = 0
+    while True:  # at the tab's pace: each poll is served by the process that trains
         status = client.get(f"/copylora/v1/jobs/{job_id}")
         peak = max(peak, rss_bytes(pid))
-        stamps.setdefault(status["step"], time.perf_counter())
         if status["state"] not in ("queued", "running"):
             break
-        time.sleep(0.05)
+        time.sleep(args.poll)
     shutil.rmtree(Path(flags["lora_dir"]) / "copylora-bench", ignore_errors=True)  # the fixtures stay clean
     if status["state"] != "done":
         raise SystemExit(f"the WebUI run ended {status['state']}: {status['error']}")
-    return {"steps_per_s": rate_between(stamps, args), "idle_rss": statistics.median(idle), "peak_rss": peak}
+    if status.get("steps_per_s") is None:
+        raise SystemExit("the WebUI reported no speed for the run: is this extension's version the one tested?")
+    return {"steps_per_s": status["steps_per_s"], "idle_rss": statistics.median(idle), "peak_rss": peak}
 
 
 def measure_cli(dataset_root: Path, args) -> dict:
@@ -111,7 +117,7 @@ def measure_cli(dataset_root: Path, args) -> dict:
         folders = Folders(dataset_root, Path(out), Path(out))
         config = to_train_config(request_from_dict(request_body(args)), folders, torch.float32)
         train(host, config, ImageDataset(config.dataset_a), None, Callbacks(on_step=on_step))
-    return {"steps_per_s": rate_between(stamps, args), "idle_rss": idle, "peak_rss": max(peak)}
+    return {"steps_per_s": window_rate(stamps, args.steps), "idle_rss": idle, "peak_rss": max(peak)}
 
 
 def start_server(webui_dir: Path):
@@ -135,11 +141,11 @@ def main() -> None:
     parser.add_argument("--url", help="a running WebUI with this extension (then --pid is needed)")
     parser.add_argument("--pid", type=int, help="process id of that WebUI, for its memory")
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
+    parser.add_argument("--poll", type=float, default=2.0, help="seconds between status requests (the tab: 2)")
     parser.add_argument("--resolution", type=int, default=64)
     args = parser.parse_args()
-    if args.steps <= args.warmup:
-        parser.error("--steps must be larger than --warmup")
+    if args.steps < 3:
+        parser.error("--steps must be at least 3: the speed is timed from the end of step 1")
     from tests.webui.client import WebuiClient
 
     server = None
@@ -159,7 +165,8 @@ def main() -> None:
             server.stop()
     cli = measure_cli(dataset_root, args)
     gib = 2 ** 30
-    print(f"steps {args.steps} (timed from step {args.warmup}), {args.resolution}px, rank 8, fp32, CPU threads "
+    print(f"steps {args.steps} (timed from the end of step {max(1, args.steps - 10)}), {args.resolution}px, rank 8, "
+          f"fp32, CPU threads "
           f"{os.environ.get('OMP_NUM_THREADS', 'default')}")
     print(f"WebUI: {webui['steps_per_s']:.3f} steps/s; RSS idle {webui['idle_rss'] / gib:.2f} GiB, "
           f"peak while training {webui['peak_rss'] / gib:.2f} GiB")

@@ -30,6 +30,7 @@ from .train_request import TrainRequest, expand_sweeps
 
 RECENT_LOSSES = 100
 RECENT_LOG_LINES = 50
+RATE_WINDOW = 10  # steps the reported speed is measured over
 
 
 class JobState(enum.Enum):
@@ -74,6 +75,8 @@ class JobStatus:
     submitted_at: float
     started_at: Optional[float]
     finished_at: Optional[float]
+    # over the phase's last RATE_WINDOW steps, end to end of a step: set-up and the first step's warm-up stay out
+    steps_per_s: Optional[float] = None
 
 
 class Job:
@@ -95,17 +98,20 @@ class Job:
         self._tag: Optional[str] = None
         self._error: Optional[str] = None
         self._times = [time.time(), None, None]
+        self._step_ends: deque[tuple[int, float]] = deque(maxlen=RATE_WINDOW + 1)
 
     # ---- reports from the runner -------------------------------------------------------------------------------
 
     def set_phase(self, phase: str, total_steps: int) -> None:
         with self._lock:
             self._phase, self._step, self._total = phase, 0, total_steps
+            self._step_ends.clear()
 
     def set_step(self, step: int, loss: float) -> None:
         with self._lock:
             self._step = step
             self._losses.append(float(loss))
+            self._step_ends.append((step, time.monotonic()))
 
     def add_sample(self, path: str) -> None:
         with self._lock:
@@ -142,7 +148,13 @@ class Job:
         with self._lock:
             return JobStatus(self.id, self.group, self.request.name, self._state, self._phase, self._step,
                              self._total, list(self._losses), list(self._samples), self._result, self._tag,
-                             list(self._written), self._error, list(self._log), *self._times)
+                             list(self._written), self._error, list(self._log), *self._times, self._rate())
+
+    def _rate(self) -> Optional[float]:  # under self._lock
+        if len(self._step_ends) < 2:
+            return None
+        (first, began), (last, ended) = self._step_ends[0], self._step_ends[-1]
+        return (last - first) / (ended - began) if ended > began else None
 
 
 class Runner(Protocol):

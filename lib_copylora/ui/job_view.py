@@ -38,6 +38,14 @@ def queue_rows(statuses: Sequence[JobStatus]) -> list[list[str]]:
             for s in list(statuses)[-QUEUE_ROWS:]]
 
 
+def _speed(status: JobStatus) -> str:
+    rate = status.steps_per_s
+    if not rate:
+        return ""
+    # the WebUI's own progress bar switches to seconds per step below one step a second; so do we
+    return f", {rate:.2f} steps/s" if rate >= 1 else f", {1 / rate:.2f} s/step"
+
+
 def status_text(status: Optional[JobStatus]) -> str:
     if status is None:
         return "No runs yet."
@@ -45,7 +53,7 @@ def status_text(status: Optional[JobStatus]) -> str:
     loss = f", loss {status.losses[-1]:.4f}" if status.losses else ""
     text = f"{status.name}: {status.state.value}{where}"
     if status.state is JobState.RUNNING or (status.step and status.state is not JobState.DONE):
-        text += f", step {_step(status)}{loss}"
+        text += f", step {_step(status)}{loss}{_speed(status)}"
     if status.state is JobState.DONE and status.tag:
         text += f" — {status.tag}"
     if status.error:

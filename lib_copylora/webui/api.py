@@ -89,6 +89,7 @@ class JobModel(BaseModel):
     submitted_at: float
     started_at: Optional[float]
     finished_at: Optional[float]
+    steps_per_s: Optional[float] = None
 
 
 def job_model(status: JobStatus) -> JobModel:
