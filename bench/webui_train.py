@@ -10,10 +10,11 @@ or against a server already running this extension:
 
 WebUI side: a run through POST /copylora/v1/train, polled every `--poll` seconds as the tab polls (each poll is
 served by the process that trains); its speed is the one the run's status reports: steps/s over the last 10 steps,
-end of step to end of step. VmRSS of the WebUI process sampled while idle and during the run. CLI side (after the
-server is stopped, so the two never share the memory): the same trainer on a DiffusersHost holding SD1.5's
-architecture with seeded random weights (the same shapes as the fixture checkpoint, which is random too), the same
-images and TrainConfig, timed by its step callback over the same window. Prints both and the ratios.
+end of step to end of step. VmRSS of the WebUI process sampled while idle and during the run. CLI side: the same
+trainer on a DiffusersHost holding SD1.5's architecture with seeded random weights (the same shapes as the fixture
+checkpoint, which is random too), the same images and TrainConfig, timed by its step callback over the same window. The two alternate for `--rounds` rounds
+(the idle server keeps its memory meanwhile: about 10 GiB for both), so a load that comes and goes on a shared
+machine hits both sides; prints each round and the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -93,19 +94,23 @@ def measure_webui(client, pid: int, args) -> dict:
     return {"steps_per_s": status["steps_per_s"], "idle_rss": statistics.median(idle), "peak_rss": peak}
 
 
-def measure_cli(dataset_root: Path, args) -> dict:
+def cli_host():
+    from lib_copylora.hosts.diffusers_host import DiffusersHost
+
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "bench" / "train.py")
+    bench_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_train)
+    return DiffusersHost.from_pipeline(bench_train.sd15_pipeline(seed=0))
+
+
+def measure_cli(host, dataset_root: Path, args) -> dict:
     import torch
 
-    from lib_copylora.hosts.diffusers_host import DiffusersHost
     from lib_copylora.train.callbacks import Callbacks
     from lib_copylora.train.dataset import ImageDataset
     from lib_copylora.train.routes import train
     from lib_copylora.service.train_request import Folders, request_from_dict, to_train_config
 
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "bench" / "train.py")
-    bench_train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_train)
-    host = DiffusersHost.from_pipeline(bench_train.sd15_pipeline(seed=0))
     idle = rss_bytes(os.getpid())
     stamps, peak = {}, [idle]
 
@@ -118,6 +123,34 @@ def measure_cli(dataset_root: Path, args) -> dict:
         config = to_train_config(request_from_dict(request_body(args)), folders, torch.float32)
         train(host, config, ImageDataset(config.dataset_a), None, Callbacks(on_step=on_step))
     return {"steps_per_s": window_rate(stamps, args.steps), "idle_rss": idle, "peak_rss": max(peak)}
+
+
+def alternate(client, pid: int, dataset_root: Path, args) -> tuple[list[dict], list[dict]]:
+    """WebUI run, CLI run, round after round: a load that comes and goes on a shared machine hits both sides.
+    The idle server holds its memory but takes no CPU while the CLI trains."""
+    host = cli_host()
+    webui, cli = [], []
+    for _ in range(args.rounds):
+        webui.append(measure_webui(client, pid, args))
+        cli.append(measure_cli(host, dataset_root, args))
+    return webui, cli
+
+
+def report(webui: list[dict], cli: list[dict], args) -> None:
+    gib = 2 ** 30
+    rates = lambda runs: [r["steps_per_s"] for r in runs]  # noqa: E731
+    w, c = statistics.median(rates(webui)), statistics.median(rates(cli))
+    print(f"steps {args.steps} (timed from the end of step {max(1, args.steps - 10)}), {args.resolution}px, rank 8, "
+          f"fp32, CPU threads {os.environ.get('OMP_NUM_THREADS', 'default')}, {args.rounds} alternating rounds")
+    print("WebUI steps/s per round: " + ", ".join(f"{r:.3f}" for r in rates(webui)))
+    print("CLI   steps/s per round: " + ", ".join(f"{r:.3f}" for r in rates(cli)))
+    print("ratio per round:         " + ", ".join(f"{a / b:.2f}" for a, b in zip(rates(webui), rates(cli))))
+    idle, peak = webui[0]["idle_rss"], max(r["peak_rss"] for r in webui)
+    print(f"WebUI: median {w:.3f} steps/s; RSS idle {idle / gib:.2f} GiB, peak while training {peak / gib:.2f} GiB")
+    print(f"CLI:   median {c:.3f} steps/s; RSS after loading {cli[0]['idle_rss'] / gib:.2f} GiB, peak while "
+          f"training {max(r['peak_rss'] for r in cli) / gib:.2f} GiB")
+    print(f"ratio WebUI/CLI steps/s (medians): {w / c:.2f}")
+    print(f"ratio WebUI peak/idle RSS: {peak / idle:.2f} (+{(peak - idle) / gib:.2f} GiB)")
 
 
 def start_server(webui_dir: Path):
@@ -143,6 +176,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between status requests (the tab: 2)")
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating WebUI/CLI runs; medians are compared")
     args = parser.parse_args()
     if args.steps < 3:
         parser.error("--steps must be at least 3: the speed is timed from the end of step 1")
@@ -159,23 +193,11 @@ def main() -> None:
     try:
         flags = client.get("/sdapi/v1/cmd-flags")
         dataset_root = Path(flags.get("copylora_dir") or Path(flags["data_dir"]) / "copylora") / "datasets"
-        webui = measure_webui(client, pid, args)
+        webui, cli = alternate(client, pid, dataset_root, args)
     finally:
         if server is not None:
             server.stop()
-    cli = measure_cli(dataset_root, args)
-    gib = 2 ** 30
-    print(f"steps {args.steps} (timed from the end of step {max(1, args.steps - 10)}), {args.resolution}px, rank 8, "
-          f"fp32, CPU threads "
-          f"{os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"WebUI: {webui['steps_per_s']:.3f} steps/s; RSS idle {webui['idle_rss'] / gib:.2f} GiB, "
-          f"peak while training {webui['peak_rss'] / gib:.2f} GiB")
-    print(f"CLI:   {cli['steps_per_s']:.3f} steps/s; RSS after loading {cli['idle_rss'] / gib:.2f} GiB, "
-          f"peak while training {cli['peak_rss'] / gib:.2f} GiB")
-    print(f"ratio WebUI/CLI steps/s: {webui['steps_per_s'] / cli['steps_per_s']:.2f}")
-    print(f"ratio WebUI peak/idle RSS: {webui['peak_rss'] / webui['idle_rss']:.2f} "
-          f"(+{(webui['peak_rss'] - webui['idle_rss']) / gib:.2f} GiB)")
-
+    report(webui, cli, args)
 
 if __name__ == "__main__":
     main()
