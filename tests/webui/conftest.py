@@ -25,7 +25,7 @@ from .fixtures.cache import (FixturePaths, check_outside, default_cache_dir, ens
                              ensure_sdxl_checkpoint)
 from .fixtures.make_loras import KINDS, network_name
 from .install import REPO_ROOT, install_extension
-from .server import ServerConfig, WebuiServer
+from .server import ServerConfig, WebuiServer, is_forge_tree
 
 TIER_MARKERS = ("webui", "browser")
 SKIP_REASON = ("no WebUI configured: set COPYLORA_WEBUI_DIR (and COPYLORA_WEBUI_PYTHON) or COPYLORA_WEBUI_URL; "
@@ -210,7 +210,7 @@ def sd2_checkpoint(webui, webui_settings) -> Iterator[Sd2Checkpoint]:
         webui.post("/sdapi/v1/refresh-checkpoints", {})
 
 
-# sgm and its SDXL config, inside the WebUI tree: without them the WebUI cannot build an SDXL model.
+# sgm and its SDXL config, inside an A1111 tree: without them A1111 cannot build an SDXL model (Forge needs neither).
 SDXL_CONFIG = ("repositories", "generative-models", "configs", "inference", "sd_xl_base.yaml")
 
 
@@ -218,10 +218,12 @@ SDXL_CONFIG = ("repositories", "generative-models", "configs", "inference", "sd_
 def sdxl_checkpoint(webui, webui_settings) -> Iterator[Sd2Checkpoint]:
     """Our random SDXL base checkpoint (6.9 GB; about 14 GB once the --no-half server loads it), listed by the
     running server for the module (hard-linked into its models/Stable-diffusion, then unlinked). No config goes
-    beside it: the WebUI recognises SDXL from its keys. Only for a server this run started."""
+    beside it: either host recognises SDXL from its keys (A1111 then builds it from sgm's sd_xl_base.yaml in its
+    tree; Forge from its own backend, guessing the architecture with huggingface_guess, with no sgm at all).
+    Only for a server this run started."""
     if webui.server is None:
         pytest.skip("the SDXL fixture needs a WebUI this run started (COPYLORA_WEBUI_DIR), not COPYLORA_WEBUI_URL")
-    if not webui_settings.webui_dir.joinpath(*SDXL_CONFIG).is_file():
+    if not is_forge_tree(webui_settings.webui_dir) and not webui_settings.webui_dir.joinpath(*SDXL_CONFIG).is_file():
         pytest.skip("this WebUI tree has no generative-models repository; it cannot load an SDXL checkpoint")
     checkpoint, digest = ensure_sdxl_checkpoint(webui_settings.cache_dir)
     models = webui.server.config.data_dir / "models" / "Stable-diffusion"
