@@ -3,7 +3,9 @@ and its export with `dora_scale`.
 
 lycoris' bypass path (what our hooks use for plain modules) leaves the decomposition out, so the hook computes
 W' − W from the host's current weight W, with lycoris' own `weight_decompose` (per-input magnitudes, as configured
-in network.py), and applies it with the target's own op. The base weight is read, never written.
+in network.py), and applies it with the target's own op. W is the hooked layer's weight at each call, not the one
+lycoris was built from: a host may replace a layer's Parameter (Forge does when it moves a model between devices),
+and a host's own layer classes reach lycoris only as weightless stand-ins. The base weight is read, never written.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from lycoris.functional.general import weight_decompose
 from ..core.base_layers import DoraLayer
 
 
-def dora_delta_output(module: torch.nn.Module, x: torch.Tensor, multiplier: float) -> torch.Tensor:
-    weight = module._current_weight().to(torch.float32)
+def dora_delta_output(module: torch.nn.Module, weight: torch.Tensor, x: torch.Tensor,
+                      multiplier: float) -> torch.Tensor:
+    """What a DoRA `module` adds to the output of the layer whose weight is `weight`, for input `x`."""
+    weight = weight.detach().to(torch.float32)
     change = module.make_weight(weight.device).to(torch.float32) * module.scale
     decomposed = weight_decompose(weight + change, module.dora_scale.to(torch.float32), multiplier,
                                   module.wd_on_out)

@@ -98,11 +98,26 @@ def _make_module(placement: Placement, config: NetworkConfig) -> torch.nn.Module
         kwargs.update(factor=config.lokr_factor, decompose_both=False)
     stand_in = shape_stand_in(placement.target.module)
     if config.dora:  # per-input magnitudes: the layout the WebUI's built-in Lora applies
-        if stand_in is not placement.target.module:  # DoRA reads the layer's own weight, which a stand-in lacks
-            raise TrainingError(f"{placement.target.kohya_name}: DoRA needs torch's own Linear/Conv2d layers and "
-                                f"this host uses {type(placement.target.module).__name__}; train without dora")
         kwargs.update(weight_decompose=True, wd_on_out=False)
+        if stand_in is not placement.target.module:
+            return _dora_from_stand_in(cls, placement, stand_in, kwargs)
     return cls(placement.target.kohya_name, stand_in, **kwargs)
+
+
+def _dora_from_stand_in(cls, placement: Placement, stand_in: torch.nn.Module, kwargs: dict) -> torch.nn.Module:
+    """lycoris measures DoRA's initial magnitudes from its source layer's weight, and keeps that layer. A host's own
+    layer lends its weight (shared, not copied) to the weightless stand-in for the measurement and takes it back, so
+    the module holds no reference to the model's memory; its hook reads the live layer's weight (dora.py)."""
+    weight = getattr(placement.target.module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise TrainingError(f"{placement.target.kohya_name}: DoRA needs the layer's weight and this "
+                            f"{type(placement.target.module).__name__} holds none; train without dora")
+    empty = stand_in.weight
+    stand_in.weight = torch.nn.Parameter(weight.detach(), requires_grad=False)
+    try:
+        return cls(placement.target.kohya_name, stand_in, **kwargs)
+    finally:
+        stand_in.weight = empty
 
 
 class LoraNetwork(torch.nn.Module):
@@ -181,11 +196,11 @@ class LoraNetwork(torch.nn.Module):
 
 
 def _delta_hook(network: LoraNetwork, module: torch.nn.Module):
-    def hook(_target, args, output):
+    def hook(target, args, output):
         if network.multiplier == 0.0:
             return output
         if getattr(module, "wd", False):
-            return output + dora_delta_output(module, args[0], network.multiplier)
+            return output + dora_delta_output(module, target.weight, args[0], network.multiplier)
         return output + module.bypass_forward_diff(args[0], scale=network.multiplier)
     return hook
 

@@ -28,17 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from ..core.family import Family
-from ..core.naming import kohya_name_from_webui_layer
 from ..train.errors import TrainingError
 from ..train.host import Component, NoiseSchedule, Prediction, TargetModule
 from ..train.network import is_linear_like
 from . import compat, patching
+from .forge_layers import text_encoders, text_kohya_name, unet_kohya_name
 from .model_state import BlockForwards, OffloadingRefused, model_tensors
 
-# The text encoders by their key in Forge's CLIP ModuleDict, with the kohya prefix of each (the names Forge's own
-# LoRA key map gives them, so what is trained loads in Forge, A1111 and kohya's tools alike).
-ENCODER_PREFIXES = {Family.SD1: {"clip_l": "lora_te"}, Family.SD2: {"clip_h": "lora_te"},
-                    Family.SDXL: {"clip_l": "lora_te1", "clip_g": "lora_te2"}}
 TEXT_LAYER_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 ATTENTION_BLOCKS = ("SpatialTransformer",)
 CONV_BLOCKS = ("ResBlock", "Downsample", "Upsample")
@@ -61,6 +57,16 @@ def loaded_forge_model(lock: Optional[AbstractContextManager] = None):
         return data.sd_model
     with lock if lock is not None else nullcontext():
         return sd_models.forge_model_reload()[0]
+
+
+def selected_forge_model():
+    """As `loaded_forge_model` (the caller holds the queue's lock), or None when Forge has no checkpoint to load
+    (its models folder is empty), where Forge's own reload would raise a bare ValueError."""
+    from modules import sd_models
+
+    if sd_models.model_data.forge_loading_parameters.get("checkpoint_info") is None:
+        return None
+    return loaded_forge_model()
 
 
 def refuse_unsupported_forge(sd_model) -> Family:
@@ -198,18 +204,17 @@ class ForgeHost:
     def target_modules(self, components: set[Component]) -> list[TargetModule]:
         targets: list[TargetModule] = []
         if Component.TEXT_ENCODER in components:
-            encoders = self.objects.clip.cond_stage_model
-            for key, prefix in ENCODER_PREFIXES[self.family].items():
-                layers = getattr(encoders, key).transformer.text_model.encoder.layers
+            for encoder in text_encoders(self.objects, self.family):
+                layers = encoder.transformer.text_model.encoder.layers
                 for path, module in layers.named_modules():
                     if is_linear_like(module) and path.rsplit(".", 1)[-1] in TEXT_LAYER_NAMES:
-                        name = f"{prefix}_text_model_encoder_layers_{path.replace('.', '_')}"
+                        name = text_kohya_name(encoder.prefix, f"text_model.encoder.layers.{path}")
                         targets.append(TargetModule(name, module, Component.TEXT_ENCODER))
         if Component.UNET in components:
             unet = self.kmodel.diffusion_model
             for block_types, conv_block in ((ATTENTION_BLOCKS, False), (CONV_BLOCKS, True)):
                 for path, module in _layer_targets(unet, block_types):
-                    kohya = kohya_name_from_webui_layer("diffusion_model_" + path.replace(".", "_"), self.family)
+                    kohya = unet_kohya_name(path, self.family)
                     if kohya is not None:
                         targets.append(TargetModule(kohya, module, Component.UNET, conv_block))
         return targets

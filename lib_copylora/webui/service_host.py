@@ -57,10 +57,13 @@ class WebUIServiceHost:
         return preset_path()
 
     def base_weights(self):
-        """The loaded model as a merge's base (the built-in Lora's backups where it merged something); the service
-        calls this inside `exclusive`, so the model cannot change meanwhile."""
+        """The loaded model as a merge's base, as it was before any LoRA was merged into it (the built-in Lora's
+        backups in A1111, the LoRA loader's originals in Forge); the service calls this inside `exclusive`, so the
+        model cannot change meanwhile. Forge loads the selected checkpoint first if no generation has yet."""
         from modules import shared
 
-        from .base_weights import LoadedModelBase
+        from .base_weights import ForgeModelBase, LoadedModelBase
 
+        if compat.is_forge():
+            return ForgeModelBase(forge_training.selected_forge_model())
         return LoadedModelBase(shared.sd_model)
