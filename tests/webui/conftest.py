@@ -25,7 +25,7 @@ from .fixtures.cache import (FixturePaths, check_outside, default_cache_dir, ens
                              ensure_sdxl_checkpoint)
 from .fixtures.make_loras import KINDS, network_name
 from .install import REPO_ROOT, install_extension
-from .server import ServerConfig, WebuiServer
+from .server import ServerConfig, WebuiServer, is_forge_tree
 
 TIER_MARKERS = ("webui", "browser")
 SKIP_REASON = ("no WebUI configured: set COPYLORA_WEBUI_DIR (and COPYLORA_WEBUI_PYTHON) or COPYLORA_WEBUI_URL; "
@@ -176,6 +176,9 @@ def webui(request, webui_settings, webui_fixtures):
 
 # The WebUI's own config for SD2-768-v, inside its tree; the fixture copies it beside the random SD2 checkpoint.
 SD2_V_CONFIG = ("repositories", "stable-diffusion-stability-ai", "configs", "stable-diffusion", "v2-inference-v.yaml")
+# Forge builds the model from its keys and reads only the prediction type from a config beside the checkpoint
+# (backend/loader.py); without one it guesses v from one norm's spread, which a random checkpoint answers as eps.
+FORGE_V_CONFIG = "model:\n  params:\n    parameterization: v\n"
 
 
 class Sd2Checkpoint(NamedTuple):  # also the SDXL fixture's value
@@ -186,19 +189,25 @@ class Sd2Checkpoint(NamedTuple):  # also the SDXL fixture's value
 @pytest.fixture(scope="module")
 def sd2_checkpoint(webui, webui_settings) -> Iterator[Sd2Checkpoint]:
     """Our random SD2-768-v checkpoint, listed by the running server (linked into its models/Stable-diffusion for
-    the module, then unlinked). Only for a server this run started: it needs the WebUI tree for the v config."""
+    the module, then unlinked) with a v config beside it: A1111's own from its tree, on Forge the one line it
+    reads. Only for a server this run started: it needs the WebUI tree."""
     if webui.server is None:
         pytest.skip("the SD2 fixture needs a WebUI this run started (COPYLORA_WEBUI_DIR), not COPYLORA_WEBUI_URL")
-    v_config = webui_settings.webui_dir.joinpath(*SD2_V_CONFIG)
-    if not v_config.is_file():
+    forge = is_forge_tree(webui_settings.webui_dir)
+    v_config = None if forge else webui_settings.webui_dir.joinpath(*SD2_V_CONFIG)
+    if v_config is not None and not v_config.is_file():
         pytest.skip(f"this WebUI tree has no {v_config.name}; it cannot load an SD2-v checkpoint")
     checkpoint, digest = ensure_sd2_checkpoint(webui_settings.cache_dir, v_config)
     models = webui.server.config.data_dir / "models" / "Stable-diffusion"
     models.mkdir(parents=True, exist_ok=True)
     linked = [models / checkpoint.name, models / checkpoint.with_suffix(".yaml").name]
-    for link, source in zip(linked, (checkpoint, checkpoint.with_suffix(".yaml"))):
+    for link in linked:
         link.unlink(missing_ok=True)
-        os.link(source, link)  # a hard link: the WebUI looks for the config beside the path it lists
+    os.link(checkpoint, linked[0])  # a hard link: the WebUI looks for the config beside the path it lists
+    if forge:
+        linked[1].write_text(FORGE_V_CONFIG, encoding="utf-8")
+    else:
+        os.link(checkpoint.with_suffix(".yaml"), linked[1])
     try:
         webui.post("/sdapi/v1/refresh-checkpoints", {})
         titles = [m["title"] for m in webui.get("/sdapi/v1/sd-models") if Path(m["filename"]).name == checkpoint.name]
@@ -210,7 +219,7 @@ def sd2_checkpoint(webui, webui_settings) -> Iterator[Sd2Checkpoint]:
         webui.post("/sdapi/v1/refresh-checkpoints", {})
 
 
-# sgm and its SDXL config, inside the WebUI tree: without them the WebUI cannot build an SDXL model.
+# sgm and its SDXL config, inside an A1111 tree: without them A1111 cannot build an SDXL model (Forge needs neither).
 SDXL_CONFIG = ("repositories", "generative-models", "configs", "inference", "sd_xl_base.yaml")
 
 
@@ -218,10 +227,12 @@ SDXL_CONFIG = ("repositories", "generative-models", "configs", "inference", "sd_
 def sdxl_checkpoint(webui, webui_settings) -> Iterator[Sd2Checkpoint]:
     """Our random SDXL base checkpoint (6.9 GB; about 14 GB once the --no-half server loads it), listed by the
     running server for the module (hard-linked into its models/Stable-diffusion, then unlinked). No config goes
-    beside it: the WebUI recognises SDXL from its keys. Only for a server this run started."""
+    beside it: either host recognises SDXL from its keys (A1111 then builds it from sgm's sd_xl_base.yaml in its
+    tree; Forge from its own backend, guessing the architecture with huggingface_guess, with no sgm at all).
+    Only for a server this run started."""
     if webui.server is None:
         pytest.skip("the SDXL fixture needs a WebUI this run started (COPYLORA_WEBUI_DIR), not COPYLORA_WEBUI_URL")
-    if not webui_settings.webui_dir.joinpath(*SDXL_CONFIG).is_file():
+    if not is_forge_tree(webui_settings.webui_dir) and not webui_settings.webui_dir.joinpath(*SDXL_CONFIG).is_file():
         pytest.skip("this WebUI tree has no generative-models repository; it cannot load an SDXL checkpoint")
     checkpoint, digest = ensure_sdxl_checkpoint(webui_settings.cache_dir)
     models = webui.server.config.data_dir / "models" / "Stable-diffusion"
