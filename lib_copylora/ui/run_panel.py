@@ -47,8 +47,9 @@ class RunPanel:
             self.message = gr.Markdown(elem_id="copylora_message")
             self.status = gr.Textbox(label="Status", value="No runs yet.", interactive=False,
                                      elem_id="copylora_status")
+            # no width: gradio 4 (Forge) has no such argument and warns at every start; the plot fills the column
             self.plot = gr.LinePlot(x="step", y="loss", color="run", title="Training loss", x_title="step",
-                                    y_title="loss", tooltip=["run", "step", "loss"], height=220, width=440,
+                                    y_title="loss", tooltip=["run", "step", "loss"], height=220,
                                     show_label=False, elem_id="copylora_loss_plot")
             self.samples = gr.Gallery(label="Previews (top: with the LoRA, bottom: without; same seed)", columns=2,
                                       height=300, elem_id="copylora_samples")

@@ -176,6 +176,9 @@ def webui(request, webui_settings, webui_fixtures):
 
 # The WebUI's own config for SD2-768-v, inside its tree; the fixture copies it beside the random SD2 checkpoint.
 SD2_V_CONFIG = ("repositories", "stable-diffusion-stability-ai", "configs", "stable-diffusion", "v2-inference-v.yaml")
+# Forge builds the model from its keys and reads only the prediction type from a config beside the checkpoint
+# (backend/loader.py); without one it guesses v from one norm's spread, which a random checkpoint answers as eps.
+FORGE_V_CONFIG = "model:\n  params:\n    parameterization: v\n"
 
 
 class Sd2Checkpoint(NamedTuple):  # also the SDXL fixture's value
@@ -186,19 +189,25 @@ class Sd2Checkpoint(NamedTuple):  # also the SDXL fixture's value
 @pytest.fixture(scope="module")
 def sd2_checkpoint(webui, webui_settings) -> Iterator[Sd2Checkpoint]:
     """Our random SD2-768-v checkpoint, listed by the running server (linked into its models/Stable-diffusion for
-    the module, then unlinked). Only for a server this run started: it needs the WebUI tree for the v config."""
+    the module, then unlinked) with a v config beside it: A1111's own from its tree, on Forge the one line it
+    reads. Only for a server this run started: it needs the WebUI tree."""
     if webui.server is None:
         pytest.skip("the SD2 fixture needs a WebUI this run started (COPYLORA_WEBUI_DIR), not COPYLORA_WEBUI_URL")
-    v_config = webui_settings.webui_dir.joinpath(*SD2_V_CONFIG)
-    if not v_config.is_file():
+    forge = is_forge_tree(webui_settings.webui_dir)
+    v_config = None if forge else webui_settings.webui_dir.joinpath(*SD2_V_CONFIG)
+    if v_config is not None and not v_config.is_file():
         pytest.skip(f"this WebUI tree has no {v_config.name}; it cannot load an SD2-v checkpoint")
     checkpoint, digest = ensure_sd2_checkpoint(webui_settings.cache_dir, v_config)
     models = webui.server.config.data_dir / "models" / "Stable-diffusion"
     models.mkdir(parents=True, exist_ok=True)
     linked = [models / checkpoint.name, models / checkpoint.with_suffix(".yaml").name]
-    for link, source in zip(linked, (checkpoint, checkpoint.with_suffix(".yaml"))):
+    for link in linked:
         link.unlink(missing_ok=True)
-        os.link(source, link)  # a hard link: the WebUI looks for the config beside the path it lists
+    os.link(checkpoint, linked[0])  # a hard link: the WebUI looks for the config beside the path it lists
+    if forge:
+        linked[1].write_text(FORGE_V_CONFIG, encoding="utf-8")
+    else:
+        os.link(checkpoint.with_suffix(".yaml"), linked[1])
     try:
         webui.post("/sdapi/v1/refresh-checkpoints", {})
         titles = [m["title"] for m in webui.get("/sdapi/v1/sd-models") if Path(m["filename"]).name == checkpoint.name]

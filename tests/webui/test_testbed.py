@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from .install import EXTENSION_NAME, REPO_ROOT
-from .logscan import extension_errors_in_log, extension_exceptions
+from .logscan import extension_exceptions, extension_problems_in_log, extension_roots
 
 pytestmark = pytest.mark.webui
 
@@ -21,23 +21,17 @@ VISIBLE_CHANGE = 4.0  # mean absolute difference in 0..255 levels; the fixture L
 NOT_FLAT = 10.0  # a dead model (zero output convolutions) gives a flat image
 
 
-def _extension_roots(webui) -> list[str]:
-    """Paths by which the WebUI may name our files: the link it loaded, and the checkout behind it."""
-    roots = [entry["path"] for entry in webui.sysinfo()["Extensions"] if EXTENSION_NAME in entry["name"].lower()]
-    return roots + [str(REPO_ROOT)]
-
-
 def _assert_extension_loaded_cleanly(webui) -> None:
     info = webui.sysinfo()
     ours = [entry for entry in info["Extensions"] if EXTENSION_NAME in entry["name"].lower()]
     assert ours, f"{EXTENSION_NAME} is not among the active extensions: {info['Extensions']}"
-    roots = _extension_roots(webui)
+    roots = extension_roots(info, EXTENSION_NAME, str(REPO_ROOT))
     assert extension_exceptions(info, roots) == []
     scripts = sorted(p.name for p in (REPO_ROOT / "scripts").glob("*.py"))
     startup = info["Startup"]["records"]
     assert [name for name in scripts if f"load scripts/{name}" not in startup] == []
     if webui.server is not None:
-        assert extension_errors_in_log(webui.server.log_text(), roots, scripts) == []
+        assert extension_problems_in_log(webui.server.log_text(), roots, scripts) == []
 
 
 def test_the_model_in_use_is_the_fixture_checkpoint(webui, webui_fixtures):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from .logscan import extension_errors_in_log, extension_exceptions
+from .logscan import extension_errors_in_log, extension_exceptions, extension_problems_in_log
 
 ROOTS = ["/x/extensions/copylora"]
 LOAD_FAILURE = (
@@ -32,6 +32,20 @@ def test_errors_outside_our_files_and_plain_mentions_are_not_ours():
     log = FOREIGN_FAILURE + "DEBUG [git.cmd] Popen(['git'], cwd=/x/extensions/copylora)\n"
     assert extension_errors_in_log(log, ROOTS, ["copylora.py"]) == []
     assert extension_errors_in_log(LOAD_FAILURE, ROOTS, ["other.py"]) != []  # the frame alone still counts
+
+
+def test_our_error_records_and_warnings_from_our_files_are_problems_but_our_warnings_are_not():
+    log = ("2026-01-01 10:00:00 ERROR [copylora] CopyLoRA API: internal error in POST /copylora/v1/merge\n"
+           "2026-01-01 10:00:01 CRITICAL [copylora.train] gone\n"
+           "/x/extensions/copylora/lib_copylora/ui/run_panel.py:50: GradioDeprecationWarning: unexpected argument\n")
+    assert extension_problems_in_log(log, ROOTS, ["copylora.py"]) == log.splitlines()
+    quiet = ("2026-01-01 10:00:00 WARNING [copylora] CopyLoRA: <lora:x:1:abc>: unknown preset abc\n"  # the user's
+             "2026-01-01 10:00:00 ERROR [modules.shared_state] not ours\n"
+             "2026-01-01 10:00:00 ERROR [copylorax] a logger that only starts like ours\n"
+             "/x/modules/ui.py:3: GradioDeprecationWarning: the host's own\n")
+    assert extension_problems_in_log(quiet, ROOTS, ["copylora.py"]) == []
+    assert extension_problems_in_log(LOAD_FAILURE, ROOTS, ["copylora.py"]) == \
+        extension_errors_in_log(LOAD_FAILURE, ROOTS, ["copylora.py"])
 
 
 def test_recorded_exceptions_are_ours_only_through_our_frames():
