@@ -19,10 +19,9 @@ import torch
 from ..core.errors import BaseModelError
 from ..core.naming import kohya_name_from_webui_layer, webui_layer_name
 from .compat import UnsupportedModel, is_forge_model, model_family
-from .forge_layers import weighted_layers
+from .forge_layers import FLOAT_STORAGE, weighted_layers
 
 USE_BASE = "merge DoRA/OFT/IA3/GLoRA files with `python -m lib_copylora merge --base CHECKPOINT` instead"
-FLOAT_WEIGHTS = (torch.float32, torch.float16, torch.bfloat16)
 
 _FUSED = {"_attn_q_proj": 0, "_attn_k_proj": 1, "_attn_v_proj": 2}
 
@@ -79,7 +78,7 @@ class ForgeModelBase:
             raise BaseModelError(f"{error}: {USE_BASE}") from None
         objects = sd_model.forge_objects_original
         storage = objects.unet.model.storage_dtype
-        if storage not in FLOAT_WEIGHTS:
+        if storage not in FLOAT_STORAGE:
             raise BaseModelError(f"the loaded model is stored as {storage} (quantised), not as its checkpoint's "
                                  f"weights: {USE_BASE}")
         self.layers = weighted_layers(objects, self.family)
@@ -93,7 +92,7 @@ class ForgeModelBase:
         original = None if loader is None else loader.backup.get(layer.key)
         weight = original if original is not None else layer.module._parameters["weight"]
         if getattr(weight, "gguf_cls", None) is not None or getattr(weight, "bnb_quantized", False) \
-                or weight.dtype not in FLOAT_WEIGHTS:
+                or weight.dtype not in FLOAT_STORAGE:
             raise BaseModelError(f"module {module}: the loaded model holds {layer.key} as {weight.dtype} "
                                  f"(quantised): {USE_BASE}")
         return weight.detach().to("cpu", torch.float32, copy=True)

@@ -26,6 +26,8 @@ from ..core.naming import kohya_name_from_webui_layer
 ENCODER_PREFIXES = {Family.SD1: {"clip_l": "lora_te"}, Family.SD2: {"clip_h": "lora_te"},
                     Family.SDXL: {"clip_l": "lora_te1", "clip_g": "lora_te2"}}
 UNET_KEY_ROOT = "diffusion_model"
+# What Forge stores a model's weights as when it holds them as they are, not quantised (NF4, FP4, FP8, GGUF)
+FLOAT_STORAGE = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class ForgeLayer(NamedTuple):

@@ -32,13 +32,12 @@ from ..train.errors import TrainingError
 from ..train.host import Component, NoiseSchedule, Prediction, TargetModule
 from ..train.network import is_linear_like
 from . import compat, patching
-from .forge_layers import text_encoders, text_kohya_name, unet_kohya_name
+from .forge_layers import FLOAT_STORAGE, text_encoders, text_kohya_name, unet_kohya_name
 from .model_state import BlockForwards, OffloadingRefused, model_tensors
 
 TEXT_LAYER_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 ATTENTION_BLOCKS = ("SpatialTransformer",)
 CONV_BLOCKS = ("ResBlock", "Downsample", "Upsample")
-FLOAT_STORAGE = (torch.float32, torch.float16, torch.bfloat16)
 TEXT_ENGINES = ("text_processing_engine", "text_processing_engine_l", "text_processing_engine_g")
 OWNER = "Forge training weights"
 
