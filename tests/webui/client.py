@@ -79,6 +79,17 @@ class WebuiClient:
             raise KeyError(f"X/Y/Z plot has no axis {label!r}; it has {choices}")
         return choices.index(label)
 
+    def xyz_cells(self, prompt: str, seed: int, axis: str, values: str = "", dropdown=None,
+                  csv_mode: bool = True) -> tuple[list[np.ndarray], list[str]]:
+        """A one-axis X/Y/Z plot of 64×64, 2-step Euler images: (cell images, cell infotexts), the grid left out."""
+        args = [self.xyz_axis_index(axis), values, dropdown or [], 0, "", [], 0, "", [],
+                True, True, False, False, False, False, False, 0, csv_mode]
+        answer = self.post("/sdapi/v1/txt2img", {
+            "prompt": prompt, "seed": seed, "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler",
+            "script_name": XYZ_SCRIPT, "script_args": args})
+        infotexts = json.loads(answer["info"])["infotexts"]
+        return [decode_image(x) for x in answer["images"][1:]], infotexts[1:]
+
     def sysinfo(self) -> dict:
         """The WebUI's own report: active extensions, recorded exceptions, startup timings (needs the UI)."""
         return self.get("/internal/sysinfo")

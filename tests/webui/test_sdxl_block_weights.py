@@ -12,13 +12,11 @@ Heavy like test_training_sdxl.py: the --no-half server holds SDXL in float32 (~1
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 
-from .client import XYZ_SCRIPT, decode_image
 from .fixtures.make_sdxl_loras import SDXL_KINDS, make_sdxl_lora, sdxl_network_name
 from .training_support import switch_checkpoint
 
@@ -177,14 +175,7 @@ def test_a_spec_for_another_model_falls_back_to_plain_weight_in_one_line(webui, 
 
 
 def xyz_cells(webui, prompt: str, axis: str, values: str = "", dropdown=None, csv_mode: bool = True):
-    """Run a one-axis plot (as test_xyz_axes.py does); return (cell images, cell infotexts), the grid left out."""
-    args = [webui.xyz_axis_index(axis), values, dropdown or [], 0, "", [], 0, "", [],
-            True, True, False, False, False, False, False, 0, csv_mode]
-    answer = webui.post("/sdapi/v1/txt2img", {
-        "prompt": prompt, "seed": SEED, "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler",
-        "script_name": XYZ_SCRIPT, "script_args": args})
-    infotexts = json.loads(answer["info"])["infotexts"]
-    return [decode_image(x) for x in answer["images"][1:]], infotexts[1:]
+    return webui.xyz_cells(prompt, SEED, axis, values, dropdown, csv_mode)
 
 
 def test_preset_axis_over_sdxl_presets_gives_the_single_images(webui, sdxl, regions):

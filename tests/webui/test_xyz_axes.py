@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .client import XYZ_SCRIPT, decode_image
+from .client import XYZ_SCRIPT
 
 pytestmark = pytest.mark.webui
 
@@ -15,14 +15,7 @@ AXES = ("CopyLoRA: strength", "CopyLoRA: block preset", "CopyLoRA: block sweep")
 
 
 def xyz_cells(webui, prompt: str, axis: str, values: str = "", dropdown=None, csv_mode: bool = True):
-    """Run a one-axis plot; return (cell images, cell infotexts), the grid left out."""
-    args = [webui.xyz_axis_index(axis), values, dropdown or [], 0, "", [], 0, "", [],
-            True, True, False, False, False, False, False, 0, csv_mode]
-    answer = webui.post("/sdapi/v1/txt2img", {
-        "prompt": prompt, "seed": SEED, "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler",
-        "script_name": XYZ_SCRIPT, "script_args": args})
-    infotexts = __import__("json").loads(answer["info"])["infotexts"]
-    return [decode_image(x) for x in answer["images"][1:]], infotexts[1:]
+    return webui.xyz_cells(prompt, SEED, axis, values, dropdown, csv_mode)
 
 
 def single(webui, prompt):
