@@ -111,7 +111,8 @@ def train_and_apply(webui, lora_dir: Path, body: dict, steps: int,
     applied = name
     if applied_blocks is not None:
         applied = f"{name}-blocks"
-        answer = webui.post(f"{API}/merge", {"models": [name], "ratios": [1], "blocks": [applied_blocks],
+        source = status["result"].removesuffix(".safetensors")  # the name in the Lora folder, subfolder included
+        answer = webui.post(f"{API}/merge", {"models": [source], "ratios": [1], "blocks": [applied_blocks],
                                              "output": applied, "subfolder": body["subfolder"], "overwrite": True})
         assert 0 < answer["modules"] < len({k.split(".", 1)[0] for k in keys}), answer
     with_lora = webui.txt2img(f"{PROMPT} <lora:{applied}:1>", SEED)
