@@ -1,7 +1,8 @@
 """The CopyLoRA tab in headless Chromium against the real WebUI: fill the Train form with tiny image sets, start a
 short run, watch the status, loss plot and previews update, get the result and its tag, send it to txt2img; merge
 it in the Merge sub-tab and see it listed; pick a block-weight preset and inspect the LoRA. Screenshots go to
-`<test cache>/screenshots/`.
+`<test cache>/screenshots/`. The module's last test asserts that the whole flow left no console or page error in
+the browser and no traceback or error record of ours in the server log.
 
 Needs the Python `playwright` package and a Chromium binary (`COPYLORA_CHROMIUM`, else `chromium` on PATH); never
 runs `playwright install`. Skips with the reason when either is missing.
@@ -10,12 +11,15 @@ runs `playwright install`. Skips with the reason when either is missing.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from .install import EXTENSION_NAME, REPO_ROOT
+from .logscan import extension_problems_in_log, extension_roots
 from .server import is_forge_tree
 
 pytestmark = [pytest.mark.webui, pytest.mark.browser]
@@ -25,6 +29,11 @@ RUN = "cl-tab"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 RUN_TIMEOUT_MS = 240_000
+# Browser messages that are the host's, not our tab's: (pattern searched in "<kind>: <text> @ <url>", whose, why).
+HOST_CONSOLE_NOISE = (
+    (r"ERR_NAME_NOT_RESOLVED @ https://cdnjs\.cloudflare\.com/ajax/libs/iframe-resizer/",
+     "gradio (3.41 and 4.40)", "its index page loads iframe-resizer from a CDN, for embedding; the tier is offline"),
+)
 
 
 def _chromium() -> str:
@@ -57,9 +66,13 @@ def page(request, webui_settings, tmp_path_factory):
         try:
             page = context.new_page()
             page.set_default_timeout(60_000)
-            page.errors = []  # the page's script errors, reported when a step times out
-            page.on("pageerror", lambda error: page.errors.append(str(error)))
-            page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+            # every console error and uncaught script error of the session, checked by the last test
+            page.errors = []
+            page.on("pageerror", lambda error: page.errors.append(f"pageerror: {error} @ {error.stack or ''}"))
+            page.on("console", lambda m: page.errors.append(f"console error: {m.text} @ {m.location.get('url', '')}")
+                    if m.type == "error" else None)
+            # where the server log stood before the page opened: the last test reads what came after
+            page.server_log_start = len(webui.server.log_text()) if webui.server is not None else None
             page.goto(webui.base_url)
             page.wait_for_selector("#txt2img_prompt textarea", timeout=180_000)
             yield page
@@ -193,3 +206,19 @@ def test_merge_the_new_result_and_inspect_its_blocks(page, webui, webui_settings
     page.wait_for_function("document.querySelector('#copylora_inspect_text textarea').value.includes('blocks:')")
     assert "rank 4" in _text(page, "copylora_inspect_text")
     _shot(page, webui_settings, "tab-blocks")
+
+
+def _host_noise(message: str) -> bool:
+    return any(re.search(pattern, message) for pattern, _whose, _why in HOST_CONSOLE_NOISE)
+
+
+def test_the_flow_left_no_browser_errors_and_no_server_errors_of_ours(page, webui):
+    """Runs last: what the tests above did, from loading the page to inspecting blocks, in the browser's console
+    and in the server's log."""
+    assert [message for message in page.errors if not _host_noise(message)] == []
+    if page.server_log_start is None:
+        return  # a server another run started: its log is not ours to read
+    since = webui.server.log_text()[page.server_log_start:]
+    roots = extension_roots(webui.sysinfo(), EXTENSION_NAME, str(REPO_ROOT))
+    scripts = sorted(p.name for p in (REPO_ROOT / "scripts").glob("*.py"))
+    assert extension_problems_in_log(since, roots, scripts) == []

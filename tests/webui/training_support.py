@@ -12,6 +12,8 @@ from typing import Iterator, Optional
 import numpy as np
 from safetensors import safe_open
 
+from .server import is_forge_tree
+
 API = "/copylora/v1"
 FINISHED = ("done", "stopped", "failed", "cancelled")
 TINY_DATA = {"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128}
@@ -29,6 +31,11 @@ def write_images(folder: Path, colour: tuple[int, int, int], count: int, seed: i
         noise = rng.integers(-30, 30, size=(64, 64, 3))
         pixels = np.clip(np.array(colour)[None, None, :] + noise, 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"img{i}.png")
+
+
+def on_forge(webui) -> bool:
+    """The server this run started is Forge (a COPYLORA_WEBUI_URL server is taken for A1111)."""
+    return webui.server is not None and is_forge_tree(webui.server.config.webui_dir)
 
 
 def server_folders(webui) -> tuple[Path, Path]:
@@ -81,8 +88,13 @@ def on_checkpoint(webui, title: str, dataset: str, colour: tuple[int, int, int],
         webui.post("/sdapi/v1/refresh-loras", {})
 
 
-def train_and_apply(webui, lora_dir: Path, body: dict, steps: int) -> tuple[dict, list[str]]:
-    """One short run through the API, checked end to end; returns the saved file's metadata and keys."""
+def train_and_apply(webui, lora_dir: Path, body: dict, steps: int,
+                    applied_blocks: Optional[str] = None) -> tuple[dict, list[str]]:
+    """One short run through the API, checked end to end; returns the saved file's metadata and keys.
+
+    `applied_blocks` (a block-weight spec) generates with a merge of the result that keeps only those blocks instead
+    of the whole file: Forge merges a LoRA into the weights beside a copy of every weight it touches, which for a
+    whole SDXL LoRA in float32 does not fit a machine the size of the tier's."""
     name = body["name"]
     before_image = webui.txt2img(PROMPT, SEED).image
     before_hash = webui.get(f"{API}/model-hash")["sha256"]
@@ -96,8 +108,15 @@ def train_and_apply(webui, lora_dir: Path, body: dict, steps: int) -> tuple[dict
     with safe_open(str(saved), "pt") as handle:
         metadata, keys = handle.metadata(), list(handle.keys())
     assert webui.get(f"{API}/model-hash")["sha256"] == before_hash
-    with_lora = webui.txt2img(f"{PROMPT} <lora:{name}:1>", SEED)
-    assert name in with_lora.infotext
+    applied = name
+    if applied_blocks is not None:
+        applied = f"{name}-blocks"
+        source = status["result"].removesuffix(".safetensors")  # the name in the Lora folder, subfolder included
+        answer = webui.post(f"{API}/merge", {"models": [source], "ratios": [1], "blocks": [applied_blocks],
+                                             "output": applied, "subfolder": body["subfolder"], "overwrite": True})
+        assert 0 < answer["modules"] < len({k.split(".", 1)[0] for k in keys}), answer
+    with_lora = webui.txt2img(f"{PROMPT} <lora:{applied}:1>", SEED)
+    assert applied in with_lora.infotext
     assert np.abs(with_lora.image.astype(float) - before_image).mean() > 0.5  # its keys matched the model
     return metadata, keys
 
