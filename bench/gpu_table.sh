@@ -1,27 +1,31 @@
 #!/usr/bin/env bash
 # The whole GPU table of issue 9 in one device call: SD1.5-sized at 512 px and SDXL-sized at 1024 px (random
-# weights, nothing downloaded), batch 1 and 8, fp16 and bf16, plain loop / ours (defaults) / fastest (compiled
-# transformer blocks, losses read every 10 steps) / lowmem (bf16: gradient checkpointing + 8-bit AdamW), each
-# with steps/s, images/s, CUDA peak and the ratio to plain. Not run on the CPU machine: it needs a GPU.
+# weights, nothing downloaded), batch 1 and 8, bf16 then fp16; plain loop / ours (defaults) / fastest (compiled
+# transformer blocks, losses read every 10 steps) / lowmem (bf16: gradient checkpointing + 8-bit AdamW) / graphs
+# (fastest with CUDA graphs, first case, batch 1), each with steps/s, images/s, CUDA peak and the ratio to plain.
+# Then, in the time left, a torch.profiler comparison of plain and ours (SD1.5 512 px, batch 1, bf16): CPU time,
+# aten calls and kernel launches per step. Not run on the CPU machine: it needs a GPU.
 #
 # Prepare here, in the project root (the device machine has torch and transformers but cannot download):
-#   ../shared/device/wheels.sh bitsandbytes==0.50.2    # diffusers + lycoris-lora (+ bitsandbytes) into .whl/
+#   ../shared/device/wheels.sh                          # diffusers + lycoris-lora into .whl/
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_24_x86_64 -d .whl bitsandbytes==0.50.2   # 8-bit AdamW for lowmem (43 MB)
 # Then call the device tool's `run` with
 #   command: bash bench/gpu_table.sh      carry: [".whl"]      timeout_s: 590
-# The table's children stop starting after BUDGET_S seconds (default 450, so it ends within 8 minutes); what ran
-# is printed after each child and the log comes back as $OUT/gpu_table.log. With PROFILE=1 it first profiles one
-# SD1.5 512 px step per variant (CPU time, aten calls and kernel launches per step; about 2 minutes more, so give
-# BUDGET_S=360 with it). Extra arguments go to bench/train.py (e.g. --steps 40).
+# Table children stop at BUDGET_S seconds (default 420) and keep the rows they printed; the profile gets at most
+# PROFILE_S seconds (default 110; 0 skips it). Each row is printed as it is measured, and the log comes back as
+# $OUT/gpu_table.log. Extra arguments go to bench/train.py's table (e.g. --steps 40).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log="${OUT:-.}/gpu_table.log"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$log"
-python3 -c "import torch, diffusers, lycoris; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" \
-  2>&1 | tee -a "$log"
-if [ "${PROFILE:-0}" = 1 ]; then
-  python3 bench/train.py --device cuda --size sd15 --resolution 512 --batch 1 --steps 12 --warmup 6 \
-    --profile 5 --precision bf16 --variants plain,lycoris,ours 2>&1 | tee -a "$log"
+python3 -c "import torch, diffusers, lycoris; print('torch', torch.__version__, 'diffusers', diffusers.__version__,
+'lycoris', lycoris.__version__ if hasattr(lycoris, '__version__') else '?')" 2>&1 | tee -a "$log"
+python3 -c "import bitsandbytes; print('bitsandbytes', bitsandbytes.__version__)" 2>&1 | tail -1 | tee -a "$log"
+python3 bench/train.py --gpu-table --budget-s "${BUDGET_S:-420}" "$@" 2>&1 | tee -a "$log"
+if [ "${PROFILE_S:-110}" != 0 ]; then
+  timeout "${PROFILE_S:-110}" python3 bench/train.py --device cuda --size sd15 --resolution 512 --batch 1 \
+    --steps 12 --warmup 6 --profile 4 --precision bf16 --variants plain,ours 2>&1 | tee -a "$log"
 fi
-python3 bench/train.py --gpu-table --budget-s "${BUDGET_S:-450}" "$@" 2>&1 | tee -a "$log"

@@ -8,7 +8,7 @@ Run from the repository root:
     python bench/train.py --gpu-table                         # the whole GPU table in one call (bench/gpu_table.sh)
     python bench/train.py --gpu-table --smoke                 # the same code path on the CPU with tiny models
 
-The variants are described in `bench/train_setup.py` (plain, lycoris, ours, fastest, lowmem). Outside the table,
+The variants are described in `bench/train_setup.py` (plain, lycoris, ours, fastest, graphs, lowmem). Outside the table,
 each variant runs in its own child process, so that its peak memory is its own; steps/s is timed between steps
 `--warmup` and `--steps`. Targets: ours ≥ 0.95 × plain in steps/s, peak memory within 10 %. In the table, one
 child per (model, precision) builds the model once and runs every batch size and variant on it in turn (CUDA peak
@@ -28,7 +28,9 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -45,6 +47,7 @@ TARGET_SPEED = 0.95
 TARGET_MEMORY = 1.10
 TABLE_CASES = {"sd15": 512, "sdxl": 1024}  # model → resolution of the GPU table
 SMOKE_CASES = {"tiny": 64, "tiny-sdxl": 64}
+BATCH_1_ONLY = ("lowmem", "graphs")  # the memory budgets are for batch 1; CUDA graphs compile per shape
 
 
 def _rss_mb() -> float:
@@ -74,13 +77,25 @@ def measure(variant: str, args, host, dataset, folder: Path) -> dict:
     except torch.cuda.OutOfMemoryError:
         return {"variant": variant, "batch": args.batch, "error": "out of memory"}
     # A variant reading its loss every n steps reports n steps at once, when the n-th is done: time those.
-    every = train_setup.READ_LOSS_EVERY if variant == "fastest" else 1
+    every = train_setup.READ_LOSS_EVERY if variant in train_setup.BATCHED_LOSS else 1
     timed = [(step, t) for step, t in stamps if step >= args.warmup and (step % every == 0 or step == args.steps)]
     rate = (timed[-1][0] - timed[0][0]) / (timed[-1][1] - timed[0][1])
     result = {"variant": variant, "batch": args.batch, "steps_per_s": rate, "images_per_s": rate * args.batch}
     if host.device.type == "cuda":
         result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     return result
+
+
+def _measure_or_profile(variant: str, args, host, dataset, folder: Path) -> dict:
+    if variant in train_setup.BATCHED_LOSS:  # each compiled variant starts from an empty dynamo cache
+        torch._dynamo.reset()
+    if not args.profile:
+        return measure(variant, args, host, dataset, folder)
+    from train_profile import profile_steps
+
+    def run(tick):
+        train_variant(variant, args, host, dataset, folder, tick)
+    return {"variant": variant, **profile_steps(run, host.device, args.warmup, args.profile)}
 
 
 def run_child(args) -> None:
@@ -103,16 +118,14 @@ def run_child(args) -> None:
             dataset = make_dataset(host, Path(tmp) / "data", args.resolution, batch, args.steps, args.seed)
             before = _rss_mb()
             for variant in variants:
-                if variant == "lowmem" and batch != batches[0]:
-                    continue  # the memory budgets are for batch 1
-                if args.profile:
-                    from train_profile import profile_steps
-
-                    def run(tick, variant=variant):
-                        train_variant(variant, args, host, dataset, Path(tmp), tick)
-                    result = {"variant": variant, **profile_steps(run, host.device, args.warmup, args.profile)}
-                else:
-                    result = measure(variant, args, host, dataset, Path(tmp))
+                if variant in BATCH_1_ONLY and batch != batches[0]:
+                    continue
+                try:
+                    result = _measure_or_profile(variant, args, host, dataset, Path(tmp))
+                except Exception as error:  # noqa: BLE001 - one variant's failure is a row; the others still run
+                    traceback.print_exc()
+                    result = {"variant": variant, "batch": batch,
+                              "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"}
                 if variant == "lowmem":  # says whether 8-bit AdamW was there (bitsandbytes) or plain AdamW ran
                     result["variant"] = f"lowmem-{train_setup.lowmem_optimizer()}"
                 result.update(size=args.size, precision=args.precision, rss_before_mb=before,
@@ -120,19 +133,40 @@ def run_child(args) -> None:
                 print(json.dumps(result), flush=True)
 
 
-def _child(args, overrides: dict, timeout: float | None = None) -> list[dict]:
+def _child(args, overrides: dict, timeout: float | None = None, echo: bool = False) -> list[dict]:
+    """Runs one child; its JSON result lines as they come (printed at once with `echo`), kept when it is stopped at
+    `timeout` or fails later, so that a table cut short still reports what it measured."""
     values = {**vars(args), **overrides}
     command = [sys.executable, __file__, "--child"] + [
         f"--{k.replace('_', '-')}={v}" for k, v in values.items()
         if v not in (None, False) and k not in ("child", "gpu_table")]
     command = [c[:-5] if c.endswith("=True") else c for c in command]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return [{"error": "ran past the time budget", **overrides}]
-    if done.returncode != 0:
-        return [{"error": f"failed:\n{done.stderr[-3000:]}", **overrides}]
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    rows: list[dict] = []
+    with tempfile.TemporaryFile("w+") as errors:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+        timer = threading.Timer(timeout, child.kill) if timeout else None
+        if timer:
+            timer.start()
+        for line in child.stdout:
+            if line.startswith("{"):
+                rows.append(json.loads(line))
+                if echo:
+                    print(f"  measured: {line.strip()}", flush=True)
+        child.wait()
+        timed_out = timer is not None and not timer.is_alive() and child.returncode < 0
+        if timer:
+            timer.cancel()
+        errors.seek(0)
+        text = errors.read()
+        tail = text[-3000:]
+    if echo:  # the trainer's compile lines and dynamo's recompile warnings say what the compiled variants did
+        notes = [line for line in text.splitlines() if line.startswith("compile:") or "recompile" in line]
+        print("\n".join(f"  child: {line[:300]}" for line in dict.fromkeys(notes)), flush=True)
+    if timed_out:
+        return rows + [{"error": "ran past the time budget", **overrides}]
+    if child.returncode != 0:
+        return rows + [{"error": f"failed:\n{tail}", **overrides}]
+    return rows
 
 
 def _ratio_lines(ours: dict, plain: dict) -> list[str]:
@@ -174,23 +208,35 @@ def compare(args) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
+def table_cases(smoke: bool, device: str) -> list[tuple[str, str]]:
+    """(model, precision) in the order they run: bf16 first (it has the memory variant), SD1.5 before SDXL."""
+    sizes = SMOKE_CASES if smoke else TABLE_CASES
+    precisions = ("fp32",) if smoke and device == "cpu" else ("bf16", "fp16")
+    return [(size, precision) for precision in precisions for size in sizes]
+
+
+def table_variants(size: str, precision: str, smoke: bool) -> str:
+    """Every case: plain, ours, fastest; bf16 also lowmem; the first case also graphs (CUDA graphs, batch 1)."""
+    first = (size, precision) == table_cases(smoke, "cpu" if smoke else "cuda")[0]
+    return "plain,ours" + (",lowmem" if precision != "fp16" else "") + ",fastest" + (",graphs" if first else "")
+
+
 def gpu_table(args) -> int:
-    """Batch 1 and 8 × fp16 and bf16 × SD1.5 512 px and SDXL 1024 px × plain / ours / fastest (+ lowmem)."""
-    cases = SMOKE_CASES if args.smoke else TABLE_CASES
-    precisions = ("fp32",) if args.smoke and args.device == "cpu" else ("bf16", "fp16")  # bf16 has lowmem
+    """Batch 1 and 8 × bf16 and fp16 × SD1.5 512 px and SDXL 1024 px × plain / ours / fastest (+ lowmem, graphs);
+    each child's rows are printed as they come and kept when the budget stops it."""
+    sizes = SMOKE_CASES if args.smoke else TABLE_CASES
     start, results = time.perf_counter(), []
-    for size, resolution in cases.items():
-        for precision in precisions:
-            left = args.budget_s - (time.perf_counter() - start)
-            if left < 20:
-                results.append({"size": size, "precision": precision, "error": "not run: time budget spent"})
-                continue
-            variants = "plain,ours,fastest" + (",lowmem" if precision != "fp16" else "")
-            overrides = {"size": size, "precision": precision, "resolution": args.resolution or resolution,
-                         "table_child": True, "variants": variants}
-            rows = _child(args, overrides, timeout=left)
-            results += [{**overrides, **r} for r in rows]
+    for size, precision in table_cases(args.smoke, args.device):
+        left = args.budget_s - (time.perf_counter() - start)
+        if left < 20:
+            results.append({"size": size, "precision": precision, "error": "not run: time budget spent"})
             _print_table(results, time.perf_counter() - start)
+            continue
+        overrides = {"size": size, "precision": precision, "resolution": args.resolution or sizes[size],
+                     "table_child": True, "variants": table_variants(size, precision, args.smoke)}
+        rows = _child(args, overrides, timeout=left, echo=True)
+        results += [{**overrides, **r} for r in rows]
+        _print_table(results, time.perf_counter() - start)
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -7,6 +7,7 @@ mixed precision and gradient clipping, on latents cached by the same dataset):
   own forward per module, AdamW per tensor (what the trainer did before the speed options existed);
 - ours: our trainer as users get it (the default `SpeedConfig`);
 - fastest: ours plus everything optional: each transformer block compiled, losses read every 10 steps;
+- graphs: fastest with CUDA graphs (`compile=graphs`; on the CPU or with several batch shapes it is fastest);
 - lowmem: ours with gradient checkpointing and 8-bit AdamW (when bitsandbytes is importable), for memory.
 """
 
@@ -25,7 +26,8 @@ from lib_copylora.hosts.tiny import build_tiny_pipeline, write_ab_sets
 from lib_copylora.train.host import Component
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-VARIANTS = ("plain", "lycoris", "ours", "fastest", "lowmem")
+VARIANTS = ("plain", "lycoris", "ours", "fastest", "graphs", "lowmem")
+BATCHED_LOSS = ("fastest", "graphs")  # variants reading their loss every READ_LOSS_EVERY steps
 READ_LOSS_EVERY = 10  # of the fastest variant; its step callbacks then come in bursts: see `bench/train.py:measure`
 Tick = Callable[[int], None]  # called with the step number after each optimizer step
 
@@ -47,7 +49,8 @@ def make_dataset(host, folder: Path, resolution: int, batch: int, steps: int, se
     from lib_copylora.train.data_config import DatasetConfig
     from lib_copylora.train.dataset import ImageDataset
 
-    data_a, _ = write_ab_sets(folder, count=4, size=(resolution, resolution), repeats=max(1, steps * batch // 4 + 1))
+    # every batch full (4 × repeats a multiple of the batch): the table measures one batch shape, as CUDA graphs need
+    data_a, _ = write_ab_sets(folder, count=4, size=(resolution, resolution), repeats=batch * (steps // 4 + 1))
     config = DatasetConfig(data_dir=data_a, resolution=str(resolution), min_bucket_reso=min(256, resolution),
                            max_bucket_reso=max(1024, resolution), batch_size=batch, seed=seed)
     dataset = ImageDataset(config)
@@ -60,8 +63,8 @@ def speed_config(variant: str):
 
     if variant == "lycoris":
         return SpeedConfig(fused_lowrank=False, fused_optimizer=False, host_attention=False)
-    if variant == "fastest":
-        return SpeedConfig(compile="blocks", read_loss_every=READ_LOSS_EVERY)
+    if variant in BATCHED_LOSS:
+        return SpeedConfig(compile="blocks" if variant == "fastest" else "graphs", read_loss_every=READ_LOSS_EVERY)
     return SpeedConfig()
 
 

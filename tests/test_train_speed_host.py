@@ -23,12 +23,12 @@ def host():
     return DiffusersHost.from_pipeline(build_tiny_pipeline(Family.SD1, seed=0))
 
 
-def _predict(host, network):
+def _predict(host, network, batch: int = 1):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 4, 8, 8, generator=g)
-    cond = torch.randn(1, 77, host.unet.config.cross_attention_dim, generator=g)
+    x = torch.randn(batch, 4, 8, 8, generator=g)
+    cond = torch.randn(batch, 77, host.unet.config.cross_attention_dim, generator=g)
     with network.attached():
-        return host.predict_noise(x, torch.tensor([500]), cond)
+        return host.predict_noise(x, torch.tensor([500] * batch), cond)
 
 
 def _network(host):
@@ -49,6 +49,44 @@ def test_compiled_blocks_give_the_eager_result_and_are_undone(host, monkeypatch)
     assert torch.allclose(compiled, eager, atol=1e-5)
     assert lines == [f"compile: {len(blocks)} blocks compiled with eager (the first steps are slow)"]
     assert not any("forward" in vars(block) for block in blocks)
+
+
+def _compiles_per_batch(host, monkeypatch, one_shape: bool, batches=(4, 2, 3)) -> list[int]:
+    """How many graphs dynamo hands to the backend while each batch size first runs, in turn."""
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(speedups, "COMPILE_BACKEND", counting_backend)
+    network, counts = _network(host), []
+    with speedups.compiled_blocks(host, CompileMode.BLOCKS, lambda line: None, one_shape=one_shape):
+        for batch in batches:
+            before = len(graphs)
+            _predict(host, network, batch)
+            counts.append(len(graphs) - before)
+    torch._dynamo.reset()
+    return counts
+
+
+def test_batches_of_several_sizes_share_one_compiled_graph(host, monkeypatch):
+    first, *later = _compiles_per_batch(host, monkeypatch, one_shape=False)
+    assert first >= 1 and later == [0, 0]  # a set's smaller last batch does not compile again
+    # the contrast: told that every batch has one shape, the blocks are compiled for that shape alone
+    assert _compiles_per_batch(host, monkeypatch, one_shape=True)[1] >= 1
+
+
+def test_the_recompile_limit_is_raised_only_while_compiled(host, monkeypatch):
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    before = getattr(dynamo_config, name)
+    monkeypatch.setattr(speedups, "COMPILE_BACKEND", "eager")
+    with speedups.compiled_blocks(host, CompileMode.BLOCKS, lambda line: None, one_shape=False):
+        assert getattr(dynamo_config, name) == max(before, speedups.RECOMPILE_LIMIT)
+    assert getattr(dynamo_config, name) == before
 
 
 def test_a_platform_that_cannot_compile_trains_eagerly_and_says_why(host, monkeypatch):

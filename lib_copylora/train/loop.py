@@ -16,7 +16,7 @@ import torch
 
 from .callbacks import Callbacks, TrainControl
 from .checkpoint import load_state, save_state
-from .config import Precision, TrainConfig
+from .config import CompileMode, Precision, TrainConfig
 from .errors import TrainingDiverged, TrainingError
 from .host import TrainingHost
 from .network import LoraNetwork
@@ -108,6 +108,8 @@ class _Phase:
         self.progress = _Progress()
         self.losses = _LossReader(job.name, self.progress, job.callbacks, job.config.speed.read_loss_every)
         self.cond_cache: dict[tuple[str, ...], Any] = {}
+        # CUDA graphs replay into the same memory: each batch starts a new generation of the compiled blocks' graphs
+        self.graph_batches = job.config.speed.compile is CompileMode.GRAPHS and job.host.device.type == "cuda"
         self.latent_shape: Optional[tuple[int, ...]] = None
 
     def run(self) -> PhaseResult:
@@ -166,6 +168,8 @@ class _Phase:
 
     def batch_loss(self, batch) -> torch.Tensor:
         host, cfg = self.host, self.cfg
+        if self.graph_batches:
+            torch.compiler.cudagraph_mark_step_begin()
         # non_blocking: without it every host-to-GPU copy waits for the GPU to finish all queued work
         latents = batch.latents.to(device=host.device, dtype=torch.float32, non_blocking=True)
         self.latent_shape = tuple(latents.shape[1:])

@@ -20,6 +20,9 @@ from .config import CompileMode, SpeedConfig
 
 Log = Callable[[str], None]
 COMPILE_BACKEND = "inductor"  # tests swap in "eager": the same tracing without minutes of code generation
+# All blocks of one class share dynamo's cache of their forward: an entry per level of the UNet, per bucket and
+# per batch size (a set's last batch is often smaller); torch's default of 8 entries would drop to eager mid-run.
+RECOMPILE_LIMIT = 64
 
 
 @contextmanager
@@ -72,25 +75,46 @@ def compiled_blocks(host, mode: CompileMode, log: Log, one_shape: bool) -> Itera
         return
     options = _compile_options(mode, host.device, one_shape, log)
     try:
-        for name, block in blocks:
-            block.forward = _FallbackForward(name, block, torch.compile(block.forward, backend=COMPILE_BACKEND,
-                                                                        **options), log)
-        log(f"compile: {len(blocks)} blocks compiled with {COMPILE_BACKEND} (the first steps are slow)")
-        yield
+        with _recompile_room():
+            for name, block in blocks:
+                compiled = torch.compile(block.forward, backend=COMPILE_BACKEND, **options)
+                block.forward = _FallbackForward(name, block, compiled, log, dynamic_batch=not one_shape)
+            log(f"compile: {len(blocks)} blocks compiled with {COMPILE_BACKEND} (the first steps are slow)")
+            yield
     finally:
         for _, block in blocks:
             block.__dict__.pop("forward", None)
 
 
+@contextmanager
+def _recompile_room() -> Iterator[None]:
+    """dynamo's per-function recompile limit raised to RECOMPILE_LIMIT meanwhile (named cache_size_limit before
+    torch 2.6)."""
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    before = getattr(dynamo_config, name)
+    setattr(dynamo_config, name, max(before, RECOMPILE_LIMIT))
+    try:
+        yield
+    finally:
+        setattr(dynamo_config, name, before)
+
+
 class _FallbackForward:
     """A block's compiled forward that gives way to the eager one, for good, when compiling fails."""
 
-    def __init__(self, name: str, block: torch.nn.Module, compiled, log: Log):
+    def __init__(self, name: str, block: torch.nn.Module, compiled, log: Log, dynamic_batch: bool):
         self.name, self.block, self.compiled, self.log = name, block, compiled, log
+        self.dynamic_batch = dynamic_batch
 
     def __call__(self, *args, **kwargs):
         import torch._dynamo.exc as dynamo_errors
 
+        if self.dynamic_batch:  # batches of several sizes: one compiled graph for all of them, not one per size
+            for value in (*args, *kwargs.values()):
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] > 1:
+                    torch._dynamo.maybe_mark_dynamic(value, 0)
         try:
             return self.compiled(*args, **kwargs)
         except (dynamo_errors.BackendCompilerFailed, dynamo_errors.Unsupported,
