@@ -4,6 +4,8 @@ back; and the SDXL-sized bench model has SDXL's published shape."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -150,3 +152,39 @@ def test_the_sdxl_sized_model_has_sdxl_base_shapes():
     names = {t.kohya_name for t in sdxl.target_modules({Component.UNET})}
     assert "lora_unet_middle_block_1_transformer_blocks_9_ff_net_2" in names
     assert "lora_unet_output_blocks_2_1_transformer_blocks_9_attn2_to_k" in names
+
+
+class _InstanceForwardHost:
+    """A host whose blocks already run an instance `forward` of their own, as the WebUI's training forwards do."""
+
+    def __init__(self):
+        self.device = torch.device("cpu")
+        self.blocks = [torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)]
+        for block in self.blocks:
+            block.forward = functools.partial(self._own, block)
+
+    @staticmethod
+    def _own(block, x):
+        return torch.nn.functional.linear(x, block.weight, block.bias) * 2
+
+    def compile_units(self):
+        return [(f"block{i}", block) for i, block in enumerate(self.blocks)]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_hosts_own_block_forward_is_compiled_and_put_back(monkeypatch, fails):
+    import torch._dynamo.exc as dynamo_errors
+
+    host, lines, x = _InstanceForwardHost(), [], torch.randn(2, 3)
+    own = [vars(block)["forward"] for block in host.blocks]
+    expected = [block(x) for block in host.blocks]
+    monkeypatch.setattr(speedups, "COMPILE_BACKEND", "eager")
+    if fails:
+        def failing(*args, **kwargs):
+            raise dynamo_errors.Unsupported("graph break in a test")
+        monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: failing)
+    with speedups.compiled_blocks(host, CompileMode.BLOCKS, lines.append, one_shape=True):
+        assert all(torch.equal(block(x), e) for block, e in zip(host.blocks, expected))  # the host's forward ran
+        if fails:  # given up: the host's own forward is back at once, not the class's
+            assert [vars(block)["forward"] for block in host.blocks] == own
+    assert [vars(block)["forward"] for block in host.blocks] == own

@@ -70,6 +70,16 @@ def test_the_default_form_is_the_copier_recipe_and_becomes_a_valid_config(folder
     assert "every_n_steps" not in request.sample and "prompts" not in request.sample  # blank: server decides
 
 
+def test_the_speed_section_reaches_the_config_from_the_form_and_defaults_to_speed_config(folders):
+    from lib_copylora.train.config import CompileMode, SpeedConfig
+
+    assert to_train_config(build_train_request(_form(), SPECS), folders, torch.float32).speed == SpeedConfig()
+    assert SPECS[("speed", "compile")].choices == ("off", "blocks", "graphs")
+    changes = {("speed", "compile"): "graphs", ("speed", "read_loss_every"): 10, ("speed", "fused_lowrank"): False}
+    config = to_train_config(build_train_request(_form(changes), SPECS), folders, torch.float32)
+    assert config.speed == SpeedConfig(compile=CompileMode.GRAPHS, read_loss_every=10, fused_lowrank=False)
+
+
 def test_bitsandbytes_decides_the_default_optimiser():
     assert preset_values(next(iter(TRAINING_PRESETS)), True)[("optim", "optimizer")] == "adamw8bit"
     assert preset_values(next(iter(TRAINING_PRESETS)), False)[("optim", "optimizer")] == "adamw"

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lib_copylora.train.errors import TrainingError
-from lib_copylora.webui.model_state import (BlockForwards, OffloadingRefused, clear_builtin_lora, model_hash,
-                                            prepared_model, refuse_unsupported)
+from lib_copylora.webui.model_state import (BlockForwards, OffloadingRefused, clear_builtin_lora, compile_units,
+                                            model_hash, prepared_model, refuse_unsupported)
 
 
 class ResBlock(torch.nn.Module):
@@ -113,6 +113,59 @@ def test_block_forwards_bypass_the_checkpoint_helper_and_are_removed():
     assert len(blocks[0].calls) == calls_before + 1
 
 
+class SpatialTransformer(torch.nn.Module):
+    """Shaped like ldm's under A1111's hijack: a 1×1 projection whose output is a channels-last view."""
+
+    def __init__(self, channels: int = 6):
+        super().__init__()
+        self.proj = torch.nn.Linear(channels, channels)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        y = self.proj(x.permute(0, 2, 3, 1).reshape(b, h * w, c))
+        return y.view(b, h, w, c).permute(0, 3, 1, 2) + x
+
+
+def _residual_stream():
+    return torch.nn.Sequential(SpatialTransformer(), torch.nn.Conv2d(6, 6, 3, padding=1))
+
+
+def test_transformer_outputs_are_contiguous_during_training_only():
+    unet = _residual_stream()
+    x = torch.randn(1, 6, 5, 5)
+    assert not unet[0](x).is_contiguous()  # the hijacked forward's channels-last view
+    expected = unet(x)
+    forwards = BlockForwards(unet)
+    assert forwards.layout_blocks == [unet[0]]
+    for checkpointing in (False, True):
+        forwards.set(checkpointing)
+        out = unet[0](x)
+        assert out.is_contiguous() and torch.equal(out, unet[0].__class__.forward(unet[0], x))
+        assert torch.allclose(unet(x), expected, atol=1e-6)
+    forwards.restore()
+    assert "forward" not in vars(unet[0]) and not unet[0](x).is_contiguous()
+
+
+def test_contiguous_transformer_outputs_spare_the_convolutions_a_weight_copy():
+    """What the layout fix is for: a channels-last input makes the convolution copy its weight at every call."""
+    unet = _residual_stream()
+    x = torch.randn(1, 6, 5, 5)
+
+    def weight_copies() -> int:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+            unet(x)
+        return sum(1 for e in prof.events() if e.name == "aten::copy_" and e.input_shapes
+                   and e.input_shapes[0] == list(unet[1].weight.shape))
+
+    assert weight_copies() >= 1
+    forwards = BlockForwards(unet)
+    forwards.set(False)
+    try:
+        assert weight_copies() == 0
+    finally:
+        forwards.restore()
+
+
 def test_prepared_model_puts_everything_back_after_an_error():
     model = TinyModel()
     shared = SimpleNamespace(loaded_hypernetworks=["hn"])
@@ -122,3 +175,17 @@ def test_prepared_model_puts_everything_back_after_an_error():
             raise RuntimeError("boom")
     assert shared.loaded_hypernetworks == ["hn"]
     assert all("forward" not in vars(block) for block in model.model.diffusion_model)
+
+
+def test_the_transformer_blocks_are_the_compile_units_with_their_training_forward():
+    class BasicTransformerBlock(ResBlock):
+        pass
+
+    unet = torch.nn.Sequential(ResBlock(), torch.nn.Sequential(BasicTransformerBlock()))
+    assert [(path, type(m).__name__) for path, m in compile_units(unet)] == [("1.0", "BasicTransformerBlock")]
+    forwards = BlockForwards(unet)
+    forwards.set(False)
+    try:  # what speedups compiles is the block's training forward, past ldm's checkpoint helper
+        assert vars(unet[1][0])["forward"] == unet[1][0]._forward
+    finally:
+        forwards.restore()

@@ -1,9 +1,9 @@
 """What the tab and the HTTP API ask for, turned into `TrainConfig`s exactly once (sweeps expanded first).
 
-A request mirrors `TrainConfig`'s sections (`network`, `optim`, `loop`, `loss`, `sample`, `output`, `dataset`) as
-plain dicts keyed by the dataclass field names, so every training setting the CLI has is reachable here without a
-second list of fields. Datasets are named relative to the datasets folder and results land in the Lora folder;
-`safe_paths` refuses names that would leave them.
+A request mirrors `TrainConfig`'s sections (`network`, `optim`, `loop`, `loss`, `sample`, `output`, `speed`,
+`dataset`) as plain dicts keyed by the dataclass field names, so every training setting the CLI has is reachable
+here without a second list of fields. Datasets are named relative to the datasets folder and results land in the
+Lora folder; `safe_paths` refuses names that would leave them.
 
 Sweeps: in the fields listed in SWEEPABLE, a comma list (`"1e-4, 5e-5"`) expands into one run per value; several
 swept fields give every combination, run one after another. Each run's output name gets a suffix naming its values.
@@ -27,14 +27,14 @@ import torch
 
 from ..core.errors import OutputExists
 from ..train.config import (LoopConfig, LossConfig, NetworkConfig, OptimConfig, OutputConfig, Precision, Route,
-                            RouteConfig, SampleConfig, TrainConfig)
+                            RouteConfig, SampleConfig, SpeedConfig, TrainConfig)
 from ..train.data_config import DatasetConfig
 from ..train.errors import TrainConfigError
 from .safe_paths import check_file_name, resolve_inside
 
 SECTIONS: dict[str, type] = {"network": NetworkConfig, "optim": OptimConfig, "loop": LoopConfig,
                              "loss": LossConfig, "sample": SampleConfig, "output": OutputConfig,
-                             "dataset": DatasetConfig}
+                             "speed": SpeedConfig, "dataset": DatasetConfig}
 # (section, field) → the short label its value gets in the output name of a swept run
 SWEEPABLE: dict[tuple[str, str], str] = {
     ("network", "kind"): "", ("network", "rank"): "r", ("network", "alpha"): "a",
@@ -93,6 +93,8 @@ class TrainRequest:
     sample: dict = _help("SampleConfig fields (prompts, every_n_steps, steps, ...)", default_factory=dict)
     output: dict = _help("OutputConfig fields other than its folder and name (save_precision, save_every_n_steps, "
                          "save_state, resume)", default_factory=dict)
+    speed: dict = _help("SpeedConfig fields (compile, read_loss_every, fused_lowrank, ...): how fast, not what",
+                        default_factory=dict)
     dataset: dict = _help("DatasetConfig fields shared by A and B (resolution, batch_size, captions, buckets, ...)",
                           default_factory=dict)
 
@@ -284,7 +286,7 @@ def to_train_config(request: TrainRequest, folders: Folders, model_dtype: torch.
         sample=build_section("sample", request.sample),
         output=build_section("output", {"overwrite": request.overwrite, **request.output},
                              output_dir=output_dir(request, folders), output_name=request.name),
-        route=route,
+        route=route, speed=build_section("speed", request.speed),
         dataset_a=_dataset(request, folders, request.dataset_a, request.reg_a, "dataset_a"),
         dataset_b=_dataset(request, folders, request.dataset_b, request.reg_b, "dataset_b") if two_sets else None)
 

@@ -4,8 +4,9 @@ Both rest on optional host methods (a host without them trains as before, and th
 - `fast_attention()`: a context manager putting the host's fastest attention kernel in place (the diffusers host:
   PyTorch SDPA); the WebUI host has none, its own cross-attention setting stays in charge.
 - `compile_units()`: `(name, module)` of the blocks worth compiling one by one (transformer blocks). Each gets a
-  compiled `forward` as an instance attribute, which the LoRA hooks inside are traced into; deleting the attribute
-  restores the class's forward exactly. A block that fails to compile falls back to eager with a log line.
+  compiled `forward` as an instance attribute, which the LoRA hooks inside are traced into; afterwards the forward
+  the block had before (its class's, or the host's own instance forward) is put back exactly. A block that fails
+  to compile falls back to that eager forward with a log line.
 """
 
 from __future__ import annotations
@@ -74,16 +75,28 @@ def compiled_blocks(host, mode: CompileMode, log: Log, one_shape: bool) -> Itera
         yield
         return
     options = _compile_options(mode, host.device, one_shape, log)
+    # a host may already give a block its own instance forward (the WebUI's training forwards): that one is
+    # compiled, and put back afterwards or when compiling fails
+    eager = {id(block): vars(block).get("forward") for _, block in blocks}
     try:
         with _recompile_room():
             for name, block in blocks:
                 compiled = torch.compile(block.forward, backend=COMPILE_BACKEND, **options)
-                block.forward = _FallbackForward(name, block, compiled, log, dynamic_batch=not one_shape)
+                block.forward = _FallbackForward(name, block, compiled, log, eager[id(block)],
+                                                 dynamic_batch=not one_shape)
             log(f"compile: {len(blocks)} blocks compiled with {COMPILE_BACKEND} (the first steps are slow)")
             yield
     finally:
         for _, block in blocks:
-            block.__dict__.pop("forward", None)
+            _put_back(block, eager[id(block)])
+
+
+def _put_back(block: torch.nn.Module, forward) -> None:
+    """The block's instance forward as it was before compiling (none: the class's)."""
+    if forward is None:
+        block.__dict__.pop("forward", None)
+    else:
+        block.forward = forward
 
 
 @contextmanager
@@ -104,9 +117,9 @@ def _recompile_room() -> Iterator[None]:
 class _FallbackForward:
     """A block's compiled forward that gives way to the eager one, for good, when compiling fails."""
 
-    def __init__(self, name: str, block: torch.nn.Module, compiled, log: Log, dynamic_batch: bool):
+    def __init__(self, name: str, block: torch.nn.Module, compiled, log: Log, eager, dynamic_batch: bool):
         self.name, self.block, self.compiled, self.log = name, block, compiled, log
-        self.dynamic_batch = dynamic_batch
+        self.eager, self.dynamic_batch = eager, dynamic_batch
 
     def __call__(self, *args, **kwargs):
         import torch._dynamo.exc as dynamo_errors
@@ -121,5 +134,5 @@ class _FallbackForward:
                 dynamo_errors.InternalTorchDynamoError) as error:
             self.log(f"compile: {self.name} cannot be compiled ({type(error).__name__}: "
                      f"{str(error).splitlines()[0][:160]}); it runs eagerly")
-            self.block.__dict__.pop("forward", None)
+            _put_back(self.block, self.eager)
             return self.block.forward(*args, **kwargs)

@@ -23,10 +23,11 @@ PROMPTS: Key = ("sample", "prompts")
 # Set by buttons or handled by their own widgets, not by a generic field widget.
 SPECIAL: set[Key] = {("output", "overwrite"), ("output", "resume"), (REQUEST, "network"), (REQUEST, "optim"),
                      (REQUEST, "loop"), (REQUEST, "loss"), (REQUEST, "sample"), (REQUEST, "output"),
-                     (REQUEST, "dataset")}
+                     (REQUEST, "speed"), (REQUEST, "dataset")}
 SECTION_TITLES = {REQUEST: "Route and output", "network": "Network", "optim": "Optimiser and schedule",
                   "loop": "Steps, precision and seed", "loss": "Loss", "sample": "Preview images",
-                  "output": "Saving", "dataset": "Images, captions and buckets (A and B alike)"}
+                  "output": "Saving", "speed": "Speed (how fast, not what)",
+                  "dataset": "Images, captions and buckets (A and B alike)"}
 # Labels where the field name alone reads badly or repeats across sections (the WebUI keys saved UI defaults
 # by label, so labels are kept unique).
 LABELS: dict[Key, str] = {
@@ -44,6 +45,9 @@ LABELS: dict[Key, str] = {
     ("network", "use_tucker"): "Tucker decomposition", ("dataset", "enable_bucket"): "Aspect-ratio buckets",
     ("dataset", "flip_aug"): "Mirror images (flip)", ("output", "save_state"): "Save a resume state",
     ("optim", "num_cycles"): "Cosine restarts", ("network", "dora"): "DoRA (weight decomposition)",
+    ("speed", "fused_lowrank"): "Fused LoRA forward", ("speed", "fused_optimizer"): "Fused AdamW",
+    ("speed", "cache_text_encoder"): "Cache text-encoder outputs", ("speed", "host_attention"): "Fastest attention",
+    ("speed", "compile"): "Compile (torch.compile)", ("speed", "read_loss_every"): "Read the loss every N steps",
 }
 # Defaults that differ from the dataclass's in the form: blank means "the server decides".
 FORM_DEFAULTS: dict[Key, Any] = {("sample", "every_n_steps"): None, ("loop", "precision"): AUTO_PRECISION}

@@ -29,7 +29,7 @@ MAIN_ROWS: tuple[tuple[Key, ...], ...] = (
 PREVIEW_KEYS: tuple[Key, ...] = (PROMPTS, ("sample", "every_n_steps"), ("sample", "steps"),
                                  ("sample", "guidance_scale"), ("sample", "seed"))
 ADVANCED_PER_ROW = 3
-ADVANCED_ORDER = (REQUEST, "network", "optim", "loop", "loss", "output", "dataset")
+ADVANCED_ORDER = (REQUEST, "network", "optim", "loop", "loss", "output", "dataset", "speed")
 
 
 class TrainForm:

@@ -23,6 +23,12 @@ from . import compat, patching
 # inside would get no gradient: during training the forward goes straight to `_forward`, or through torch's
 # non-reentrant checkpoint when checkpointing is asked for.
 CHECKPOINTED_BLOCKS = ("ResBlock", "BasicTransformerBlock", "AttentionBlock")
+# A1111 replaces ldm's SpatialTransformer.forward with one that leaves out `.contiguous()` (sd_hijack_unet.py): its
+# output is a channels-last view, the residual stream after the first transformer stays channels-last, and every
+# later convolution then copies its (contiguous) weight into that layout, forward and backward, at every call: a
+# third of a training step's CPU time. During training the transformers' outputs are made contiguous again (a
+# copy of one activation each); a forward that already returns contiguous tensors (Forge's) is unchanged.
+LAYOUT_BLOCKS = ("SpatialTransformer",)
 
 
 class OffloadingRefused(TrainingError):
@@ -99,6 +105,17 @@ def model_hash(sd_model) -> str:
     return digest.hexdigest()
 
 
+def compile_units(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The UNet's transformer blocks (ldm's, sgm's and Forge's are all `BasicTransformerBlock`), for
+    `SpeedConfig.compile`: each is compiled with the training forward `BlockForwards` gave it."""
+    return [(path, module) for path, module in unet.named_modules()
+            if type(module).__name__ == "BasicTransformerBlock"]
+
+
+def _contiguous_output(forward, *args, **kwargs):
+    return forward(*args, **kwargs).contiguous()
+
+
 def _checkpointed(forward, *args, **kwargs):
     return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
@@ -109,6 +126,7 @@ class BlockForwards:
     def __init__(self, unet: torch.nn.Module):
         self.blocks = [m for m in unet.modules()
                        if type(m).__name__ in CHECKPOINTED_BLOCKS and callable(getattr(m, "_forward", None))]
+        self.layout_blocks = [m for m in unet.modules() if type(m).__name__ in LAYOUT_BLOCKS]
         self.checkpointing: Optional[bool] = None
 
     def trainable_forward(self, block: torch.nn.Module):
@@ -120,10 +138,14 @@ class BlockForwards:
             plain = self.trainable_forward(block)
             forward = functools.partial(_checkpointed, plain) if checkpointing else plain
             patching.set_attribute(block, "forward", forward, "training forwards")
+        for block in self.layout_blocks:
+            forward = type(block).forward.__get__(block, type(block))  # the class's (maybe the WebUI's) forward
+            patching.set_attribute(block, "forward", functools.partial(_contiguous_output, forward),
+                                   "training forwards")
         self.checkpointing = checkpointing
 
     def restore(self) -> None:
-        for block in self.blocks:
+        for block in (*self.blocks, *self.layout_blocks):
             patching.restore_attribute(block, "forward")
         self.checkpointing = None
 

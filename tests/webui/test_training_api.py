@@ -156,3 +156,20 @@ def test_presets_can_be_listed_added_and_deleted(webui):
     finally:
         if not existed and preset_file.exists() and not preset_file.read_text(encoding="utf-8").strip():
             preset_file.unlink()  # the test made it; leave the checkout as it was
+
+
+def test_compiled_blocks_train_as_eager_ones_do_and_are_undone(webui, folders):
+    """`speed.compile` reaches the WebUI's own transformer blocks (with the training forwards CopyLoRA gives
+    them): the losses match the eager run's to float rounding, and generation afterwards is as before."""
+    before_image = webui.txt2img(PROMPT, SEED).image
+    before_hash = _model_hash(webui)
+    runs = {}
+    for mode in ("off", "blocks"):
+        [job_id] = webui.post(f"{API}/train", _request(f"cl-compile-{mode}", speed={"compile": mode}))["job_ids"]
+        runs[mode] = wait_for_job(webui, job_id, timeout=900)
+        assert runs[mode]["state"] == "done", runs[mode]
+    compiled_lines = [line for line in runs["blocks"]["log"] if line.startswith("compile:")]
+    assert compiled_lines and "blocks compiled with inductor" in compiled_lines[0], runs["blocks"]["log"]
+    assert np.allclose(runs["blocks"]["losses"], runs["off"]["losses"], rtol=1e-3, atol=1e-5)
+    assert _model_hash(webui) == before_hash
+    assert np.array_equal(webui.txt2img(PROMPT, SEED).image, before_image)
