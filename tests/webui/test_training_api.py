@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from .client import WebuiHttpError
 from .training_support import (API, PROMPT, SEED, TINY_DATA, server_folders, wait_for_job,
@@ -158,18 +160,23 @@ def test_presets_can_be_listed_added_and_deleted(webui):
             preset_file.unlink()  # the test made it; leave the checkout as it was
 
 
-def test_compiled_blocks_train_as_eager_ones_do_and_are_undone(webui, folders):
-    """`speed.compile` reaches the WebUI's own transformer blocks (with the training forwards CopyLoRA gives
-    them): the losses match the eager run's to float rounding, and generation afterwards is as before."""
+def test_the_speed_section_applies_and_compile_is_declined_in_the_webui(webui, folders):
+    """The API's `speed` section reaches the run. The WebUI's hosts offer no blocks to torch.compile (compiled ldm
+    blocks gave gradients that differed from eager ones beyond rounding): a run asking for it says so in its log
+    and trains exactly as the eager run does, and generation afterwards is as before."""
     before_image = webui.txt2img(PROMPT, SEED).image
     before_hash = _model_hash(webui)
-    runs = {}
-    for mode in ("off", "blocks"):
-        [job_id] = webui.post(f"{API}/train", _request(f"cl-compile-{mode}", speed={"compile": mode}))["job_ids"]
-        runs[mode] = wait_for_job(webui, job_id, timeout=900)
+    runs, weights = {}, {}
+    for mode in ("off", "graphs"):
+        [job_id] = webui.post(f"{API}/train", _request(f"cl-compile-{mode}", speed={"compile": mode},
+                                                       output={"save_precision": "fp32"}))["job_ids"]
+        runs[mode] = wait_for_job(webui, job_id)
         assert runs[mode]["state"] == "done", runs[mode]
-    compiled_lines = [line for line in runs["blocks"]["log"] if line.startswith("compile:")]
-    assert compiled_lines and "blocks compiled with inductor" in compiled_lines[0], runs["blocks"]["log"]
-    assert np.allclose(runs["blocks"]["losses"], runs["off"]["losses"], rtol=1e-3, atol=1e-5)
+        weights[mode] = load_file(str(folders["loras"] / runs[mode]["result"]))
+    assert ("compile: this host offers no blocks to compile; training without torch.compile"
+            in runs["graphs"]["log"]), runs["graphs"]["log"]
+    assert not any(line.startswith("compile:") for line in runs["off"]["log"])
+    assert runs["graphs"]["losses"] == runs["off"]["losses"]
+    assert all(torch.equal(weights["graphs"][k], weights["off"][k]) for k in weights["off"])
     assert _model_hash(webui) == before_hash
     assert np.array_equal(webui.txt2img(PROMPT, SEED).image, before_image)
