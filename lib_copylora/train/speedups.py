@@ -75,7 +75,7 @@ def compiled_blocks(host, mode: CompileMode, log: Log, one_shape: bool) -> Itera
         yield
         return
     options = _compile_options(mode, host.device, one_shape, log)
-    # a host may already give a block its own instance forward (the WebUI's training forwards): that one is
+    # a host may already give a block its own instance forward (as the WebUI's training forwards are): that one is
     # compiled, and put back afterwards or when compiling fails
     eager = {id(block): vars(block).get("forward") for _, block in blocks}
     try:
