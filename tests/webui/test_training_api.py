@@ -6,7 +6,6 @@ Tiny on purpose: 64×64 images, a handful of steps, 2 sampling steps; the fixtur
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from .client import WebuiHttpError
-from .training_support import (API, PROMPT, SEED, TINY_DATA, server_folders, wait_for_job,
-                               write_images)
+from .training_support import API, PROMPT, SEED, TINY_DATA, result_folders, wait_for_job, write_images
 
 pytestmark = pytest.mark.webui
 
@@ -26,13 +24,12 @@ SUBFOLDER = "copylora-webui-tests"
 @pytest.fixture(scope="module")
 def folders(webui):
     """Our datasets (written into the server's --copylora-dir) and the Lora folder; results are removed after."""
-    datasets, lora_dir = server_folders(webui)
-    write_images(datasets / "tiny_a" / "2_plain", (200, 40, 40), 2, seed=1)
-    write_images(datasets / "tiny_b" / "2_text", (40, 40, 200), 2, seed=2)
-    (datasets / "tiny_a" / "2_plain" / "img0.txt").write_text("a plain shirt", encoding="utf-8")
-    yield {"datasets": datasets, "loras": lora_dir}
-    shutil.rmtree(lora_dir / SUBFOLDER, ignore_errors=True)
-    webui.post("/sdapi/v1/refresh-loras", {})
+    with result_folders(webui, SUBFOLDER) as folders:
+        datasets = folders["datasets"]
+        write_images(datasets / "tiny_a" / "2_plain", (200, 40, 40), 2, seed=1)
+        write_images(datasets / "tiny_b" / "2_text", (40, 40, 200), 2, seed=2)
+        (datasets / "tiny_a" / "2_plain" / "img0.txt").write_text("a plain shirt", encoding="utf-8")
+        yield folders
 
 
 def _request(name: str, **extra) -> dict:

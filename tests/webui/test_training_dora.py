@@ -8,15 +8,13 @@ Forge server).
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
 from lib_copylora.core.base_layers import DoraLayer
 from lib_copylora.core.formats import read_lora
 
-from .training_support import API, PROMPT, SEED, TINY_DATA, server_folders, wait_for_job, write_images
+from .training_support import API, PROMPT, SEED, TINY_DATA, result_folders, wait_for_job, write_images
 
 pytestmark = pytest.mark.webui
 
@@ -25,11 +23,9 @@ SUBFOLDER = "copylora-webui-dora"
 
 @pytest.fixture(scope="module")
 def folders(webui):
-    datasets, lora_dir = server_folders(webui)
-    write_images(datasets / "tiny_dora" / "2_plain", (40, 200, 40), 2, seed=7)
-    yield {"datasets": datasets, "loras": lora_dir}
-    shutil.rmtree(lora_dir / SUBFOLDER, ignore_errors=True)
-    webui.post("/sdapi/v1/refresh-loras", {})
+    with result_folders(webui, SUBFOLDER) as folders:
+        write_images(folders["datasets"] / "tiny_dora" / "2_plain", (40, 200, 40), 2, seed=7)
+        yield folders
 
 
 def _difference(a: np.ndarray, b: np.ndarray) -> float:

@@ -44,6 +44,18 @@ def server_folders(webui) -> tuple[Path, Path]:
     return folders.datasets, folders.loras
 
 
+@contextlib.contextmanager
+def result_folders(webui, subfolder: str) -> Iterator[dict[str, Path]]:
+    """{"datasets", "loras"}: the server's folders; afterwards the results under the Lora folder's `subfolder`
+    are removed and the WebUI's Lora list is refreshed."""
+    datasets, loras = server_folders(webui)
+    try:
+        yield {"datasets": datasets, "loras": loras}
+    finally:
+        shutil.rmtree(loras / subfolder, ignore_errors=True)
+        webui.post("/sdapi/v1/refresh-loras", {})
+
+
 def wait_for_job(webui, job_id: str, until=lambda s: s["state"] in FINISHED, timeout: float = 900.0) -> dict:
     """Poll the job until `until` holds; a job that ends without it fails the test at once."""
     end = time.time() + timeout
