@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lib_copylora.train.errors import TrainingError
-from lib_copylora.webui.model_state import (BlockForwards, OffloadingRefused, clear_builtin_lora, model_hash,
-                                            prepared_model, refuse_unsupported)
+from lib_copylora.webui.model_state import (BlockForwards, OffloadingRefused, clear_builtin_lora, compile_units,
+                                            model_hash, prepared_model, refuse_unsupported)
 
 
 class ResBlock(torch.nn.Module):
@@ -176,3 +176,16 @@ def test_prepared_model_puts_everything_back_after_an_error():
     assert shared.loaded_hypernetworks == ["hn"]
     assert all("forward" not in vars(block) for block in model.model.diffusion_model)
 
+
+def test_the_transformer_blocks_are_the_compile_units_with_their_training_forward():
+    class BasicTransformerBlock(ResBlock):
+        pass
+
+    unet = torch.nn.Sequential(ResBlock(), torch.nn.Sequential(BasicTransformerBlock()))
+    assert [(path, type(m).__name__) for path, m in compile_units(unet)] == [("1.0", "BasicTransformerBlock")]
+    forwards = BlockForwards(unet)
+    forwards.set(False)
+    try:  # what speedups compiles is the block's training forward, past ldm's checkpoint helper
+        assert vars(unet[1][0])["forward"] == unet[1][0]._forward
+    finally:
+        forwards.restore()

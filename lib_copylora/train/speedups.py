@@ -114,6 +114,16 @@ def _recompile_room() -> Iterator[None]:
         setattr(dynamo_config, name, before)
 
 
+def _contiguous(value):
+    """A tensor argument in row-major layout. A transformer block's input is often a transposed view of the conv
+    before it (`permute(0, 2, 3, 1).reshape(b, h * w, c)`); at batch 1, inductor's C++ code for the LayerNorm
+    backward over such an input kept one row of a tile where it needed eight (torch 2.13, CPU), and the gradient
+    reaching the layers before the block came out wrong by up to a few percent. Copying that input first (one
+    activation per block; a no-op when already contiguous) gives the eager gradients there, and every device
+    compiles for the same input layout."""
+    return value.contiguous() if isinstance(value, torch.Tensor) else value
+
+
 class _FallbackForward:
     """A block's compiled forward that gives way to the eager one, for good, when compiling fails."""
 
@@ -124,6 +134,7 @@ class _FallbackForward:
     def __call__(self, *args, **kwargs):
         import torch._dynamo.exc as dynamo_errors
 
+        args, kwargs = tuple(map(_contiguous, args)), {key: _contiguous(value) for key, value in kwargs.items()}
         if self.dynamic_batch:  # batches of several sizes: one compiled graph for all of them, not one per size
             for value in (*args, *kwargs.values()):
                 if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] > 1:

@@ -24,9 +24,6 @@ PROMPTS: Key = ("sample", "prompts")
 SPECIAL: set[Key] = {("output", "overwrite"), ("output", "resume"), (REQUEST, "network"), (REQUEST, "optim"),
                      (REQUEST, "loop"), (REQUEST, "loss"), (REQUEST, "sample"), (REQUEST, "output"),
                      (REQUEST, "speed"), (REQUEST, "dataset")}
-# Not offered in the tab: the WebUI's hosts decline compiling (their compiled blocks' gradients differed from eager
-# ones beyond rounding), so the field would do nothing there; the API still accepts it and logs the refusal.
-NOT_IN_TAB: set[Key] = {("speed", "compile")}
 SECTION_TITLES = {REQUEST: "Route and output", "network": "Network", "optim": "Optimiser and schedule",
                   "loop": "Steps, precision and seed", "loss": "Loss", "sample": "Preview images",
                   "output": "Saving", "speed": "Speed (how fast, not what)",
@@ -50,7 +47,7 @@ LABELS: dict[Key, str] = {
     ("optim", "num_cycles"): "Cosine restarts", ("network", "dora"): "DoRA (weight decomposition)",
     ("speed", "fused_lowrank"): "Fused LoRA forward", ("speed", "fused_optimizer"): "Fused AdamW",
     ("speed", "cache_text_encoder"): "Cache text-encoder outputs", ("speed", "host_attention"): "Fastest attention",
-    ("speed", "read_loss_every"): "Read the loss every N steps",
+    ("speed", "compile"): "Compile (torch.compile)", ("speed", "read_loss_every"): "Read the loss every N steps",
 }
 # Defaults that differ from the dataclass's in the form: blank means "the server decides".
 FORM_DEFAULTS: dict[Key, Any] = {("sample", "every_n_steps"): None, ("loop", "precision"): AUTO_PRECISION}
@@ -143,7 +140,7 @@ def _specs(section: str, cls: type) -> list[FieldSpec]:
     specs = []
     for f in dataclasses.fields(cls):
         key = (section, f.name)
-        if key in SERVER_FIELDS or key in SPECIAL or key in NOT_IN_TAB:
+        if key in SERVER_FIELDS or key in SPECIAL:
             continue
         widget, choices = _widget(key, hints[f.name])
         if FORM_DEFAULTS.get(key, "") is None:

@@ -33,7 +33,7 @@ from ..train.host import Component, NoiseSchedule, Prediction, TargetModule
 from ..train.network import is_linear_like
 from . import compat, patching
 from .forge_layers import FLOAT_STORAGE, text_encoders, text_kohya_name, unet_kohya_name
-from .model_state import BlockForwards, OffloadingRefused, model_tensors
+from .model_state import BlockForwards, OffloadingRefused, compile_units, model_tensors
 
 TEXT_LAYER_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 ATTENTION_BLOCKS = ("SpatialTransformer",)
@@ -289,6 +289,9 @@ class ForgeHost:
     def set_gradient_checkpointing(self, enabled: bool) -> bool:
         self._forwards.set(checkpointing=enabled)
         return bool(self._forwards.blocks)
+
+    def compile_units(self) -> list[tuple[str, torch.nn.Module]]:
+        return compile_units(self.kmodel.diffusion_model)
 
     def interrupted(self) -> bool:
         return self._interrupted()

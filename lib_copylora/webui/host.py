@@ -23,7 +23,7 @@ from ..core.naming import kohya_name_from_webui_layer
 from ..train.host import Component, NoiseSchedule, Prediction, TargetModule
 from . import compat
 from . import patching
-from .model_state import BlockForwards
+from .model_state import BlockForwards, compile_units
 
 UNET_ROOT = "diffusion_model"
 CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"
@@ -183,6 +183,9 @@ class WebUIHost:
     def set_gradient_checkpointing(self, enabled: bool) -> bool:
         self._forwards.set(checkpointing=enabled)
         return bool(self._forwards.blocks)
+
+    def compile_units(self) -> list[tuple[str, torch.nn.Module]]:
+        return compile_units(self.sd_model.model.diffusion_model)
 
     def interrupted(self) -> bool:
         return self._interrupted()
