@@ -30,7 +30,9 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -136,12 +138,28 @@ def alternate(client, pid: int, dataset_root: Path, args) -> tuple[list[dict], l
     return webui, cli
 
 
+@contextmanager
+def attention_setting(client, name: str | None) -> Iterator[None]:
+    """The WebUI's cross-attention optimization set to `name` meanwhile (None: left as it is), then put back."""
+    if name is None:
+        yield
+        return
+    option = "cross_attention_optimization"
+    before = client.get("/sdapi/v1/options")[option]
+    client.post("/sdapi/v1/options", {option: name})
+    try:
+        yield
+    finally:
+        client.post("/sdapi/v1/options", {option: before})
+
+
 def report(webui: list[dict], cli: list[dict], args) -> None:
     gib = 2 ** 30
     rates = lambda runs: [r["steps_per_s"] for r in runs]  # noqa: E731
     w, c = statistics.median(rates(webui)), statistics.median(rates(cli))
     print(f"steps {args.steps} (timed from the end of step {max(1, args.steps - 10)}), {args.resolution}px, rank 8, "
-          f"fp32, CPU threads {os.environ.get('OMP_NUM_THREADS', 'default')}, {args.rounds} alternating rounds")
+          f"fp32, CPU threads {os.environ.get('OMP_NUM_THREADS', 'default')}, {args.rounds} alternating rounds, "
+          f"WebUI cross-attention {args.attention or 'as set'} (CLI: PyTorch SDPA)")
     print("WebUI steps/s per round: " + ", ".join(f"{r:.3f}" for r in rates(webui)))
     print("CLI   steps/s per round: " + ", ".join(f"{r:.3f}" for r in rates(cli)))
     print("ratio per round:         " + ", ".join(f"{a / b:.2f}" for a, b in zip(rates(webui), rates(cli))))
@@ -177,6 +195,8 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between status requests (the tab: 2)")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="alternating WebUI/CLI runs; medians are compared")
+    parser.add_argument("--attention", default=None, help="the WebUI's cross-attention optimization meanwhile, as "
+                        "its setting names it (e.g. sdp, the CLI's kernel; on a CPU, Automatic picks InvokeAI)")
     args = parser.parse_args()
     if args.steps < 3:
         parser.error("--steps must be at least 3: the speed is timed from the end of step 1")
@@ -193,7 +213,8 @@ def main() -> None:
     try:
         flags = client.get("/sdapi/v1/cmd-flags")
         dataset_root = Path(flags.get("copylora_dir") or Path(flags["data_dir"]) / "copylora") / "datasets"
-        webui, cli = alternate(client, pid, dataset_root, args)
+        with attention_setting(client, args.attention):
+            webui, cli = alternate(client, pid, dataset_root, args)
     finally:
         if server is not None:
             server.stop()
