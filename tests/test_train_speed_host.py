@@ -190,32 +190,25 @@ def test_a_hosts_own_block_forward_is_compiled_and_put_back(monkeypatch, fails):
     assert [vars(block)["forward"] for block in host.blocks] == own
 
 
-def test_compiled_blocks_give_the_eager_gradients(host, monkeypatch):
-    """Through AOTAutograd (what inductor compiles from), the LoRA hooks' gradients are the eager ones."""
-    monkeypatch.setattr(speedups, "COMPILE_BACKEND", "aot_eager")
-    network = _network(host)
-
-    def gradients():
-        for parameter in network.parameters():
-            parameter.grad = None
-        _predict(host, network, batch=2).square().mean().backward()
-        return {name: p.grad.clone() for name, p in network.named_parameters() if p.grad is not None}
-
-    eager = gradients()
-    torch._dynamo.reset()
-    with speedups.compiled_blocks(host, CompileMode.BLOCKS, lambda line: None, one_shape=True):
-        compiled = gradients()
-    torch._dynamo.reset()
-    inside = [name for name in eager if "transformer_blocks" in name]
-    assert inside and compiled.keys() == eager.keys()
-    assert all(torch.allclose(compiled[name], eager[name], rtol=1e-4, atol=1e-7) for name in eager)
-
-
 def _gradients(host, network, batch: int) -> dict[str, torch.Tensor]:
     for parameter in network.parameters():
         parameter.grad = None
     _predict(host, network, batch=batch).square().mean().backward()
     return {name: p.grad.clone() for name, p in network.named_parameters() if p.grad is not None}
+
+
+def test_compiled_blocks_give_the_eager_gradients(host, monkeypatch):
+    """Through AOTAutograd (what inductor compiles from), the LoRA hooks' gradients are the eager ones."""
+    monkeypatch.setattr(speedups, "COMPILE_BACKEND", "aot_eager")
+    network = _network(host)
+    eager = _gradients(host, network, batch=2)
+    torch._dynamo.reset()
+    with speedups.compiled_blocks(host, CompileMode.BLOCKS, lambda line: None, one_shape=True):
+        compiled = _gradients(host, network, batch=2)
+    torch._dynamo.reset()
+    inside = [name for name in eager if "transformer_blocks" in name]
+    assert inside and compiled.keys() == eager.keys()
+    assert all(torch.allclose(compiled[name], eager[name], rtol=1e-4, atol=1e-7) for name in eager)
 
 
 @pytest.mark.skipif(speedups.compile_unavailable(torch.device("cpu")) is not None, reason="inductor cannot "

@@ -118,7 +118,7 @@ def _contiguous(value):
     """A tensor argument in row-major layout. A transformer block's input is often a transposed view of the conv
     before it (`permute(0, 2, 3, 1).reshape(b, h * w, c)`); at batch 1, inductor's C++ code for the LayerNorm
     backward over such an input kept one row of a tile where it needed eight (torch 2.13, CPU), and the gradient
-    reaching the layers before the block came out wrong by up to a few percent. Copying that input first (one
+    reaching the layers before the block came out wrong by up to 10 %. Copying that input first (one
     activation per block; a no-op when already contiguous) gives the eager gradients there, and every device
     compiles for the same input layout."""
     return value.contiguous() if isinstance(value, torch.Tensor) else value
