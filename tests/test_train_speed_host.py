@@ -197,15 +197,21 @@ def _gradients(host, network, batch: int) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in network.named_parameters() if p.grad is not None}
 
 
+def _eager_and_compiled_gradients(host, batch: int) -> tuple[dict, dict]:
+    """One network's gradients from the eager blocks, then from the blocks compiled with COMPILE_BACKEND."""
+    network = _network(host)
+    eager = _gradients(host, network, batch)
+    torch._dynamo.reset()
+    with speedups.compiled_blocks(host, CompileMode.BLOCKS, lambda line: None, one_shape=True):
+        compiled = _gradients(host, network, batch)
+    torch._dynamo.reset()
+    return eager, compiled
+
+
 def test_compiled_blocks_give_the_eager_gradients(host, monkeypatch):
     """Through AOTAutograd (what inductor compiles from), the LoRA hooks' gradients are the eager ones."""
     monkeypatch.setattr(speedups, "COMPILE_BACKEND", "aot_eager")
-    network = _network(host)
-    eager = _gradients(host, network, batch=2)
-    torch._dynamo.reset()
-    with speedups.compiled_blocks(host, CompileMode.BLOCKS, lambda line: None, one_shape=True):
-        compiled = _gradients(host, network, batch=2)
-    torch._dynamo.reset()
+    eager, compiled = _eager_and_compiled_gradients(host, batch=2)
     inside = [name for name in eager if "transformer_blocks" in name]
     assert inside and compiled.keys() == eager.keys()
     assert all(torch.allclose(compiled[name], eager[name], rtol=1e-4, atol=1e-7) for name in eager)
@@ -221,12 +227,7 @@ def test_inductor_gives_the_eager_gradients_at_batch_1(host, monkeypatch):
     monkeypatch.setattr(speedups, "COMPILE_BACKEND", "inductor")
     name, block = host.compile_units()[0]
     monkeypatch.setattr(host, "compile_units", lambda: [(name, block)])
-    network = _network(host)
-    eager = _gradients(host, network, batch=1)
-    torch._dynamo.reset()
-    with speedups.compiled_blocks(host, CompileMode.BLOCKS, lambda line: None, one_shape=True):
-        compiled = _gradients(host, network, batch=1)
-    torch._dynamo.reset()
+    eager, compiled = _eager_and_compiled_gradients(host, batch=1)
     before = [key for key in eager if "attentions_0_proj_in" in key and "down_blocks_0" in key]
     assert before and compiled.keys() == eager.keys()
     # q and k of the mid block attend over one token: their gradients are zero up to rounding (1e-13), in both
