@@ -154,7 +154,7 @@ def test_the_caption_cache_encodes_each_batch_of_captions_once(tmp_path, cache):
 
 @pytest.mark.parametrize("values, message", [
     (dict(read_loss_every=0), "read_loss_every must be > 0, not 0"),
-    (dict(compile="fast"), "compile 'fast' is not one of: off, blocks, graphs"),
+    (dict(compile="fast"), "compile 'fast' is not one of: off, blocks, graphs, unet, unet-graphs"),
 ])
 def test_bad_speed_settings_are_refused_with_one_line(values, message):
     with pytest.raises(TrainConfigError) as caught:

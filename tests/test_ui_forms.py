@@ -74,7 +74,7 @@ def test_the_speed_section_reaches_the_config_from_the_form_and_defaults_to_spee
     from lib_copylora.train.config import CompileMode, SpeedConfig
 
     assert to_train_config(build_train_request(_form(), SPECS), folders, torch.float32).speed == SpeedConfig()
-    assert SPECS[("speed", "compile")].choices == ("off", "blocks", "graphs")
+    assert SPECS[("speed", "compile")].choices == ("off", "blocks", "graphs", "unet", "unet-graphs")
     changes = {("speed", "compile"): "graphs", ("speed", "read_loss_every"): 10, ("speed", "fused_lowrank"): False}
     config = to_train_config(build_train_request(_form(changes), SPECS), folders, torch.float32)
     assert config.speed == SpeedConfig(compile=CompileMode.GRAPHS, read_loss_every=10, fused_lowrank=False)

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from lib_copylora.train.errors import TrainingError
-from lib_copylora.webui.model_state import (BlockForwards, OffloadingRefused, clear_builtin_lora, compile_units,
-                                            model_hash, prepared_model, refuse_unsupported)
+from lib_copylora.train.host import transformer_blocks
+from lib_copylora.webui.model_state import (BlockForwards, OffloadingRefused, clear_builtin_lora, model_hash,
+                                            prepared_model, refuse_unsupported)
 
 
 class ResBlock(torch.nn.Module):
@@ -182,7 +183,7 @@ def test_the_transformer_blocks_are_the_compile_units_with_their_training_forwar
         pass
 
     unet = torch.nn.Sequential(ResBlock(), torch.nn.Sequential(BasicTransformerBlock()))
-    assert [(path, type(m).__name__) for path, m in compile_units(unet)] == [("1.0", "BasicTransformerBlock")]
+    assert [(path, type(m).__name__) for path, m in transformer_blocks(unet)] == [("1.0", "BasicTransformerBlock")]
     forwards = BlockForwards(unet)
     forwards.set(False)
     try:  # what speedups compiles is the block's training forward, past ldm's checkpoint helper

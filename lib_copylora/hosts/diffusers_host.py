@@ -18,7 +18,7 @@ import torch
 from ..core.family import Family
 from ..core.naming import kohya_name, kohya_unet_name
 from ..train.errors import TrainingError
-from ..train.host import Component, NoiseSchedule, Prediction, TargetModule
+from ..train.host import Component, NoiseSchedule, Prediction, TargetModule, transformer_blocks
 
 # kohya's targets: every Linear/Conv2d inside these blocks. The first set is plain LoRA's; the second is added by
 # LoCon-style networks (kohya's conv_dim).
@@ -242,8 +242,11 @@ class DiffusersHost:
 
     def compile_units(self) -> list[tuple[str, torch.nn.Module]]:
         """The UNet's transformer blocks (self- and cross-attention, feed-forward, with their LoRA hooks)."""
-        return [(path, module) for path, module in self.unet.named_modules()
-                if type(module).__name__ == "BasicTransformerBlock"]
+        return transformer_blocks(self.unet)
+
+    def denoiser(self) -> torch.nn.Module:
+        """The module `predict_noise` calls, compiled whole by `SpeedConfig.compile=unet`."""
+        return self.unet
 
     def request_stop(self) -> None:
         """Ask the trainer to stop (and save) at its next step; the CLI calls it from its Ctrl-C handler."""

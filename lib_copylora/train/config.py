@@ -293,6 +293,16 @@ class CompileMode(enum.Enum):
     OFF = "off"
     BLOCKS = "blocks"  # torch.compile each transformer block (the LoRA hooks inside are traced with it)
     GRAPHS = "graphs"  # as blocks, plus CUDA graphs (mode "reduce-overhead"): CUDA and one batch shape only
+    UNET = "unet"  # torch.compile the whole UNet: its forward is one graph, and so is its backward
+    UNET_GRAPHS = "unet-graphs"  # as unet, plus CUDA graphs: nearly the whole step replays as recorded kernels
+
+    @property
+    def whole_unet(self) -> bool:
+        return self in (CompileMode.UNET, CompileMode.UNET_GRAPHS)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self in (CompileMode.GRAPHS, CompileMode.UNET_GRAPHS)
 
 
 @dataclass(frozen=True)
@@ -311,10 +321,11 @@ class SpeedConfig:
     host_attention: bool = _help("train with the fastest attention kernel the host offers (the diffusers host: "
                                  "PyTorch SDPA, restored afterwards; the WebUI keeps its own setting)",
                                  default=True)
-    compile: CompileMode = _help("off; blocks = torch.compile each transformer block (first steps are slow while "
-                                 "it compiles; falls back to eager with a log line where the platform cannot); "
-                                 "graphs = blocks plus CUDA graphs, when on CUDA and every batch has one shape",
-                                 default=CompileMode.OFF)
+    compile: CompileMode = _help("off; blocks = torch.compile each transformer block; unet = torch.compile the "
+                                 "whole UNet as one graph (fewest launches; its first step compiles for minutes); "
+                                 "graphs, unet-graphs = the same plus CUDA graphs, when on CUDA and every batch has "
+                                 "one shape. Falls back to eager with a log line where the platform cannot compile; "
+                                 "previews always run eagerly", default=CompileMode.OFF)
     read_loss_every: int = _help("read the loss back from the device every n steps (each read waits for the GPU); "
                                  "step callbacks for those steps run then, and a diverged loss is caught within n "
                                  "steps", default=1)

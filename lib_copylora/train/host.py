@@ -35,6 +35,16 @@ class TargetModule(NamedTuple):
     conv_block: bool = False
 
 
+# The transformer blocks (self- and cross-attention, feed-forward) of every UNet our hosts hold: diffusers', ldm's,
+# sgm's and Forge's classes all carry this name.
+TRANSFORMER_BLOCK = "BasicTransformerBlock"
+
+
+def transformer_blocks(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(path, module) of every transformer block inside `unet`, in module order: a host's `compile_units()`."""
+    return [(path, module) for path, module in unet.named_modules() if type(module).__name__ == TRANSFORMER_BLOCK]
+
+
 class NoiseSchedule(NamedTuple):
     alphas_cumprod: torch.Tensor  # (num_train_timesteps,), float32, on the host's device
     prediction: Prediction

@@ -16,7 +16,7 @@ import torch
 
 from .callbacks import Callbacks, TrainControl
 from .checkpoint import load_state, save_state
-from .config import CompileMode, Precision, TrainConfig
+from .config import Precision, TrainConfig
 from .errors import TrainingDiverged, TrainingError
 from .host import TrainingHost
 from .network import LoraNetwork
@@ -108,8 +108,8 @@ class _Phase:
         self.progress = _Progress()
         self.losses = _LossReader(job.name, self.progress, job.callbacks, job.config.speed.read_loss_every)
         self.cond_cache: dict[tuple[str, ...], Any] = {}
-        # CUDA graphs replay into the same memory: each batch starts a new generation of the compiled blocks' graphs
-        self.graph_batches = job.config.speed.compile is CompileMode.GRAPHS and job.host.device.type == "cuda"
+        # CUDA graphs replay into the same memory: each batch starts a new generation of the compiled units' graphs
+        self.graph_batches = job.config.speed.compile.cuda_graphs and job.host.device.type == "cuda"
         self.latent_shape: Optional[tuple[int, ...]] = None
 
     def run(self) -> PhaseResult:

@@ -1,25 +1,33 @@
 """Host-level speed options of `SpeedConfig`, each a context manager that leaves the host as it found it.
 
-Both rest on optional host methods (a host without them trains as before, and the log says so once):
+They rest on optional host methods (a host without them trains as before, and the log says so once):
 - `fast_attention()`: a context manager putting the host's fastest attention kernel in place (the diffusers host:
   PyTorch SDPA); the WebUI host has none, its own cross-attention setting stays in charge.
-- `compile_units()`: `(name, module)` of the blocks worth compiling one by one (transformer blocks). Each gets a
-  compiled `forward` as an instance attribute, which the LoRA hooks inside are traced into; afterwards the forward
-  the block had before (its class's, or the host's own instance forward) is put back exactly. A block that fails
-  to compile falls back to that eager forward with a log line.
+- `compile_units()`: `(name, module)` of the UNet's transformer blocks (`host.transformer_blocks`), which
+  `compile=blocks|graphs` compiles one by one;
+- `denoiser()`: the UNet module `predict_noise` calls, which `compile=unet|unet-graphs` compiles whole: its forward
+  is one graph and so is its backward, so nearly all of a step runs as generated kernels.
+
+A compiled unit gets a compiled `forward` as an instance attribute, which the LoRA hooks inside are traced into;
+afterwards the forward the unit had before (its class's, or the host's own instance forward) is put back exactly.
+A unit that fails to compile falls back to that eager forward with a log line. Only calls with gradients run the
+compiled code: a preview (under no_grad) runs eagerly rather than compile the whole unit again for a few images.
 """
 
 from __future__ import annotations
 
 import shutil
+import types
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Optional
 
 import torch
 
 from .config import CompileMode, SpeedConfig
+from .host import transformer_blocks
 
 Log = Callable[[str], None]
+Units = list[tuple[str, torch.nn.Module]]
 COMPILE_BACKEND = "inductor"  # tests swap in "eager": the same tracing without minutes of code generation
 # All blocks of one class share dynamo's cache of their forward: an entry per level of the UNet, per bucket and
 # per batch size (a set's last batch is often smaller); torch's default of 8 entries would drop to eager mid-run.
@@ -31,7 +39,7 @@ def host_speedups(host, speed: SpeedConfig, log: Log, one_shape: bool) -> Iterat
     """`speed.host_attention` and `speed.compile` for the duration."""
     attention = getattr(host, "fast_attention", None) if speed.host_attention else None
     with (attention() if callable(attention) else nullcontext()):
-        with compiled_blocks(host, speed.compile, log, one_shape):
+        with compiled_units(host, speed.compile, log, one_shape):
             yield
 
 
@@ -53,50 +61,68 @@ def compile_unavailable(device: torch.device) -> Optional[str]:
     return f"inductor does not compile for {device.type}"
 
 
+def units_to_compile(host, mode: CompileMode) -> Units:
+    """What `mode` compiles on `host`: its whole UNet or its transformer blocks; [] when it offers none."""
+    offered = getattr(host, "denoiser" if mode.whole_unet else "compile_units", None)
+    if not callable(offered):
+        return []
+    return [("UNet", offered())] if mode.whole_unet else list(offered())
+
+
 def _compile_options(mode: CompileMode, device: torch.device, one_shape: bool, log: Log) -> dict:
-    if mode is CompileMode.GRAPHS:
+    if mode.cuda_graphs:
         if device.type == "cuda" and one_shape:
             return {"mode": "reduce-overhead"}
         why = "the device is not CUDA" if device.type != "cuda" else "the batches have more than one shape"
-        log(f"compile: CUDA graphs need one batch shape on CUDA ({why}); compiling blocks without them")
+        what = "the UNet" if mode.whole_unet else "blocks"
+        log(f"compile: CUDA graphs need one batch shape on CUDA ({why}); compiling {what} without them")
     return {}
 
 
 @contextmanager
-def compiled_blocks(host, mode: CompileMode, log: Log, one_shape: bool) -> Iterator[None]:
+def compiled_units(host, mode: CompileMode, log: Log, one_shape: bool) -> Iterator[None]:
     if mode is CompileMode.OFF:
         yield
         return
-    units = getattr(host, "compile_units", None)
-    blocks = list(units()) if callable(units) else []
-    reason = compile_unavailable(host.device) if blocks else "this host offers no blocks to compile"
+    units = units_to_compile(host, mode)
+    what = "UNet" if mode.whole_unet else "blocks"
+    reason = compile_unavailable(host.device) if units else f"this host offers no {what} to compile"
     if reason is not None:
         log(f"compile: {reason}; training without torch.compile")
         yield
         return
     options = _compile_options(mode, host.device, one_shape, log)
-    # a host may already give a block its own instance forward (as the WebUI's training forwards are): that one is
+    with contiguous_inputs([block for _, unit in units for _, block in transformer_blocks(unit)]):
+        with compiled_forwards(units, options, log, dynamic_batch=not one_shape):
+            log(f"compile: the whole UNet compiled with {COMPILE_BACKEND} as one graph (the first step takes "
+                "minutes)" if mode.whole_unet else
+                f"compile: {len(units)} blocks compiled with {COMPILE_BACKEND} (the first steps are slow)")
+            yield
+
+
+@contextmanager
+def compiled_forwards(units: Units, options: dict, log: Log, dynamic_batch: bool) -> Iterator[None]:
+    """Each unit's forward compiled for the duration, dynamo's recompile limit raised meanwhile."""
+    # a host may already give a unit its own instance forward (as the WebUI's training forwards are): that one is
     # compiled, and put back afterwards or when compiling fails
-    eager = {id(block): vars(block).get("forward") for _, block in blocks}
+    eager = {id(unit): vars(unit).get("forward") for _, unit in units}
     try:
         with _recompile_room():
-            for name, block in blocks:
-                compiled = torch.compile(block.forward, backend=COMPILE_BACKEND, **options)
-                block.forward = _FallbackForward(name, block, compiled, log, eager[id(block)],
-                                                 dynamic_batch=not one_shape)
-            log(f"compile: {len(blocks)} blocks compiled with {COMPILE_BACKEND} (the first steps are slow)")
+            for name, unit in units:
+                compiled = torch.compile(unit.forward, backend=COMPILE_BACKEND, **options)
+                unit.forward = _FallbackForward(name, unit, compiled, log, eager[id(unit)], dynamic_batch)
             yield
     finally:
-        for _, block in blocks:
-            _put_back(block, eager[id(block)])
+        for _, unit in units:
+            _put_back(unit, eager[id(unit)])
 
 
-def _put_back(block: torch.nn.Module, forward) -> None:
-    """The block's instance forward as it was before compiling (none: the class's)."""
+def _put_back(unit: torch.nn.Module, forward) -> None:
+    """The unit's instance forward as it was before compiling (none: the class's)."""
     if forward is None:
-        block.__dict__.pop("forward", None)
+        unit.__dict__.pop("forward", None)
     else:
-        block.forward = forward
+        unit.forward = forward
 
 
 @contextmanager
@@ -114,27 +140,46 @@ def _recompile_room() -> Iterator[None]:
         setattr(dynamo_config, name, before)
 
 
+@contextmanager
+def contiguous_inputs(blocks: list[torch.nn.Module]) -> Iterator[None]:
+    """Every tensor a transformer block is called with made row-major first (a forward pre-hook) meanwhile.
+
+    A block's input is a transposed view of the conv before it (`permute(0, 2, 3, 1).reshape(b, h * w, c)`). At
+    batch 1, inductor's C++ code for the LayerNorm backward over such an input kept one row of a tile where it
+    needed eight (torch 2.13, CPU), and the gradients reaching the layers before the block came out wrong by up to
+    10 % (5 % through a whole compiled UNet). Compiled blocks get the copy eagerly, before their graph; a compiled
+    UNet traces it into its graph; either way inductor never meets the view, and every device compiles for the
+    same layout. The copy is one activation per block, and nothing when the input is already contiguous."""
+    handles = [block.register_forward_pre_hook(_contiguous_arguments, with_kwargs=True) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _contiguous(value):
-    """A tensor argument in row-major layout. A transformer block's input is often a transposed view of the conv
-    before it (`permute(0, 2, 3, 1).reshape(b, h * w, c)`); at batch 1, inductor's C++ code for the LayerNorm
-    backward over such an input kept one row of a tile where it needed eight (torch 2.13, CPU), and the gradient
-    reaching the layers before the block came out wrong by up to 10 %. Copying that input first (one
-    activation per block; a no-op when already contiguous) gives the eager gradients there, and every device
-    compiles for the same input layout."""
     return value.contiguous() if isinstance(value, torch.Tensor) else value
 
 
-class _FallbackForward:
-    """A block's compiled forward that gives way to the eager one, for good, when compiling fails."""
+def _contiguous_arguments(_block, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    return tuple(map(_contiguous, args)), {key: _contiguous(value) for key, value in kwargs.items()}
 
-    def __init__(self, name: str, block: torch.nn.Module, compiled, log: Log, eager, dynamic_batch: bool):
-        self.name, self.block, self.compiled, self.log = name, block, compiled, log
+
+class _FallbackForward:
+    """A unit's compiled forward for calls with gradients; the eager one for the rest, and for good when
+    compiling fails."""
+
+    def __init__(self, name: str, unit: torch.nn.Module, compiled, log: Log, eager, dynamic_batch: bool):
+        self.name, self.unit, self.compiled, self.log = name, unit, compiled, log
         self.eager, self.dynamic_batch = eager, dynamic_batch
+        self.eager_call = eager if eager is not None else types.MethodType(type(unit).forward, unit)
 
     def __call__(self, *args, **kwargs):
         import torch._dynamo.exc as dynamo_errors
 
-        args, kwargs = tuple(map(_contiguous, args)), {key: _contiguous(value) for key, value in kwargs.items()}
+        if not torch.is_grad_enabled():  # a preview: a few images are not worth compiling the unit again
+            return self.eager_call(*args, **kwargs)
         if self.dynamic_batch:  # batches of several sizes: one compiled graph for all of them, not one per size
             for value in (*args, *kwargs.values()):
                 if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] > 1:
@@ -145,5 +190,5 @@ class _FallbackForward:
                 dynamo_errors.InternalTorchDynamoError) as error:
             self.log(f"compile: {self.name} cannot be compiled ({type(error).__name__}: "
                      f"{str(error).splitlines()[0][:160]}); it runs eagerly")
-            _put_back(self.block, self.eager)
-            return self.block.forward(*args, **kwargs)
+            _put_back(self.unit, self.eager)
+            return self.eager_call(*args, **kwargs)

@@ -29,11 +29,11 @@ import torch.nn.functional as F
 
 from ..core.family import Family
 from ..train.errors import TrainingError
-from ..train.host import Component, NoiseSchedule, Prediction, TargetModule
+from ..train.host import Component, NoiseSchedule, Prediction, TargetModule, transformer_blocks
 from ..train.network import is_linear_like
 from . import compat, patching
 from .forge_layers import FLOAT_STORAGE, text_encoders, text_kohya_name, unet_kohya_name
-from .model_state import BlockForwards, OffloadingRefused, compile_units, model_tensors
+from .model_state import BlockForwards, OffloadingRefused, model_tensors
 
 TEXT_LAYER_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 ATTENTION_BLOCKS = ("SpatialTransformer",)
@@ -291,7 +291,11 @@ class ForgeHost:
         return bool(self._forwards.blocks)
 
     def compile_units(self) -> list[tuple[str, torch.nn.Module]]:
-        return compile_units(self.kmodel.diffusion_model)
+        """The UNet's transformer blocks, each compiled with the training forward `BlockForwards` gave it."""
+        return transformer_blocks(self.denoiser())
+
+    def denoiser(self) -> torch.nn.Module:
+        return self.kmodel.diffusion_model
 
     def interrupted(self) -> bool:
         return self._interrupted()

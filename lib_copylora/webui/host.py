@@ -20,10 +20,10 @@ import torch
 
 from ..core.family import Family
 from ..core.naming import kohya_name_from_webui_layer
-from ..train.host import Component, NoiseSchedule, Prediction, TargetModule
+from ..train.host import Component, NoiseSchedule, Prediction, TargetModule, transformer_blocks
 from . import compat
 from . import patching
-from .model_state import BlockForwards, compile_units
+from .model_state import BlockForwards
 
 UNET_ROOT = "diffusion_model"
 CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"
@@ -185,7 +185,11 @@ class WebUIHost:
         return bool(self._forwards.blocks)
 
     def compile_units(self) -> list[tuple[str, torch.nn.Module]]:
-        return compile_units(self.sd_model.model.diffusion_model)
+        """The UNet's transformer blocks, each compiled with the training forward `BlockForwards` gave it."""
+        return transformer_blocks(self.denoiser())
+
+    def denoiser(self) -> torch.nn.Module:
+        return self.sd_model.model.diffusion_model
 
     def interrupted(self) -> bool:
         return self._interrupted()

@@ -105,13 +105,6 @@ def model_hash(sd_model) -> str:
     return digest.hexdigest()
 
 
-def compile_units(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """The UNet's transformer blocks (ldm's, sgm's and Forge's are all `BasicTransformerBlock`), for
-    `SpeedConfig.compile`: each is compiled with the training forward `BlockForwards` gave it."""
-    return [(path, module) for path, module in unet.named_modules()
-            if type(module).__name__ == "BasicTransformerBlock"]
-
-
 def _contiguous_output(forward, *args, **kwargs):
     return forward(*args, **kwargs).contiguous()
 

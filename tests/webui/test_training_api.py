@@ -157,31 +157,37 @@ def test_presets_can_be_listed_added_and_deleted(webui):
             preset_file.unlink()  # the test made it; leave the checkout as it was
 
 
-def test_compiled_blocks_train_as_eager_ones_do_and_are_undone(webui, folders):
+COMPILED_LINES = {"blocks": "blocks compiled with inductor", "unet": "the whole UNet compiled with inductor"}
+
+
+@pytest.mark.timeout(2400)  # three runs, two of them compiled by inductor: the whole UNet takes minutes on a CPU
+def test_compiled_blocks_and_unet_train_as_eager_ones_do_and_are_undone(webui, folders):
     """`speed.compile` reaches the WebUI's own transformer blocks (with the training forwards CopyLoRA gives
-    them) and inductor compiles them: the losses and the saved LoRA are the eager run's up to float rounding, at
-    batch 1 too, where a block's input is a transposed view (`compiled_blocks` copies it contiguous first), and
-    generation afterwards is as before."""
+    them), or its whole UNet, and inductor compiles them: the losses and the saved LoRA are the eager run's up to
+    float rounding, at batch 1 too, where a block's input is a transposed view (`contiguous_inputs` copies it
+    contiguous first, before a compiled block or inside the UNet's graph), and generation afterwards is as
+    before."""
     before_image = webui.txt2img(PROMPT, SEED).image
     before_hash = _model_hash(webui)
     runs, weights = {}, {}
-    for mode in ("off", "blocks"):
+    for mode in ("off", *COMPILED_LINES):
         # eps 1: Adam's step is then ~lr·gradient, so the weights differ as the gradients do (with a tiny eps it is
         # ~lr·sign(gradient), and rounding flips the sign of gradients near zero)
         [job_id] = webui.post(f"{API}/train", _request(f"cl-compile-{mode}", speed={"compile": mode},
                                                        optim={"learning_rate": 5e-2, "eps": 1.0},
                                                        output={"save_precision": "fp32"}))["job_ids"]
-        runs[mode] = wait_for_job(webui, job_id, timeout=1200)  # inductor's code generation: minutes on a CPU
+        runs[mode] = wait_for_job(webui, job_id, timeout=1500)  # inductor's code generation: minutes on a CPU
         assert runs[mode]["state"] == "done", runs[mode]
         weights[mode] = load_file(str(folders["loras"] / runs[mode]["result"]))
-    compiled_lines = [line for line in runs["blocks"]["log"] if line.startswith("compile:")]
-    assert compiled_lines and "blocks compiled with inductor" in compiled_lines[0], runs["blocks"]["log"]
     assert not any(line.startswith("compile:") for line in runs["off"]["log"])
-    assert np.allclose(runs["blocks"]["losses"], runs["off"]["losses"], rtol=1e-4, atol=1e-6)
-    assert weights["blocks"].keys() == weights["off"].keys()
     # lora_up starts at zero, so it holds what was learned; the wrong batch-1 gradients moved it by up to 70 %
     largest = max(tensor.abs().max().item() for key, tensor in weights["off"].items() if "lora_up" in key)
-    for key, eager in weights["off"].items():
-        assert torch.allclose(weights["blocks"][key], eager, rtol=1e-3, atol=1e-4 * largest), key
+    for mode, expected in COMPILED_LINES.items():
+        compiled_lines = [line for line in runs[mode]["log"] if line.startswith("compile:")]
+        assert compiled_lines and expected in compiled_lines[0], runs[mode]["log"]
+        assert np.allclose(runs[mode]["losses"], runs["off"]["losses"], rtol=1e-4, atol=1e-6), mode
+        assert weights[mode].keys() == weights["off"].keys()
+        for key, eager in weights["off"].items():
+            assert torch.allclose(weights[mode][key], eager, rtol=1e-3, atol=1e-4 * largest), (mode, key)
     assert _model_hash(webui) == before_hash
     assert np.array_equal(webui.txt2img(PROMPT, SEED).image, before_image)
