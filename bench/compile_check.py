@@ -1,18 +1,21 @@
-"""Do compiled transformer blocks give the eager LoRA gradients on this device? A correctness check, not a timing.
+"""Does compiled code give the eager LoRA gradients on this device? A correctness check, not a timing.
 
 For each case it runs one forward and backward of the UNet with a LoRA attached (its up factors random, so every
-module acts), once eagerly and once with the host's first `--units` transformer blocks compiled by inductor
-(`SpeedConfig.compile=blocks`), and prints the largest gradient difference relative to the largest gradient, with
-the tensor where it is. Weights and activations are float32, so anything above ~1e-4 is a fault, not rounding.
+module acts), once eagerly and once compiled by inductor: with `--unit blocks` the host's first `--units`
+transformer blocks (`SpeedConfig.compile=blocks`), with `--unit unet` the whole UNet as one graph (`compile=unet`).
+It prints the largest gradient difference relative to the largest gradient, with the tensor where it is. Weights
+and activations are float32, so anything above ~1e-4 is a fault, not rounding.
 
 Batch 1 is where inductor's CPU code (torch 2.13) once went wrong: a block's input is a transposed view of the conv
-before it, and the LayerNorm backward over it lost rows of a tile. `compiled_blocks` now hands compiled code a
-contiguous copy; each case is run both ways (`as passed`: the view as the host passes it, the fault's trigger;
-`contiguous`: what training does), so the output says whether this device's inductor has the fault and that the
-trainer's path does not.
+before it, and the LayerNorm backward over it lost rows of a tile (2-10 % off with compiled blocks, 5 % through a
+whole compiled UNet). `speedups.contiguous_inputs` now makes every transformer block's input contiguous first
+(eagerly before a compiled block, inside the graph of a compiled UNet); each case is run both ways (`as passed`:
+the view as the host passes it, the fault's trigger; `contiguous`: what training does), so the output says whether
+this device's inductor has the fault and that the trainer's path does not.
 
     python bench/compile_check.py                                  # the tiny model on the CPU (about a minute)
-    python bench/compile_check.py --device cuda --size sd15 --resolution 512
+    python bench/compile_check.py --unit unet --resolution 128     # the whole tiny UNet (minutes on a CPU)
+    python bench/compile_check.py --device cuda --size sd15 --resolution 512 [--unit unet]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -27,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib_copylora.train import speedups  # noqa: E402
-from lib_copylora.train.config import CompileMode, NetworkConfig  # noqa: E402
-from lib_copylora.train.host import Component  # noqa: E402
+from lib_copylora.train.config import NetworkConfig  # noqa: E402
+from lib_copylora.train.host import Component, transformer_blocks  # noqa: E402
 from lib_copylora.train.network import LoraNetwork  # noqa: E402
 
 FAULT = 1e-4  # float32 rounding stays orders of magnitude below this
@@ -63,29 +67,27 @@ def _inputs(host, batch: int, resolution: int, seed: int):
     return latents, timesteps, cond
 
 
-def compiled_gradients(host, network, inputs, units: int, as_passed: bool) -> dict[str, torch.Tensor]:
-    """The gradients with the first `units` blocks compiled; `as_passed`: without the contiguous input copy."""
-    blocks = host.compile_units()[:units]
-    contiguous = speedups._contiguous
+def compiled_gradients(host, network, inputs, unit: str, units: int, as_passed: bool) -> dict[str, torch.Tensor]:
+    """The gradients with the first `units` blocks, or the whole UNet, compiled; `as_passed`: without the
+    contiguous input copy."""
+    compiled = [("UNet", host.denoiser())] if unit == "unet" else host.compile_units()[:units]
+    blocks = [block for _, part in compiled for _, block in transformer_blocks(part)]
     torch._dynamo.reset()
     try:
-        host.compile_units = lambda: blocks
-        if as_passed:
-            speedups._contiguous = lambda value: value
-        with speedups.compiled_blocks(host, CompileMode.BLOCKS, lambda line: None, one_shape=True):
-            return _gradients(host, network, inputs)
+        with nullcontext() if as_passed else speedups.contiguous_inputs(blocks):
+            with speedups.compiled_forwards(compiled, {}, lambda line: None, dynamic_batch=False):
+                return _gradients(host, network, inputs)
     finally:
-        del host.compile_units
-        speedups._contiguous = contiguous
         torch._dynamo.reset()
 
 
-def check(host, batch: int, resolution: int, units: int, as_passed: bool, seed: int) -> tuple[float, str]:
+def check(host, batch: int, resolution: int, unit: str, units: int, as_passed: bool,
+          seed: int) -> tuple[float, str]:
     """The largest gradient difference relative to the largest gradient, and the line that reports it."""
     network, inputs = _network(host, seed), _inputs(host, batch, resolution, seed)
     eager = _gradients(host, network, inputs)
     started = time.perf_counter()
-    compiled = compiled_gradients(host, network, inputs, units, as_passed)
+    compiled = compiled_gradients(host, network, inputs, unit, units, as_passed)
     largest = max(g.abs().max().item() for g in eager.values())
     worst = max(eager, key=lambda name: (compiled[name] - eager[name]).abs().max().item())
     error = (compiled[worst] - eager[worst]).abs().max().item() / largest
@@ -104,22 +106,30 @@ def main() -> int:
     parser.add_argument("--size", choices=("tiny", "tiny-sdxl", "sd15", "sdxl"), default="tiny")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--batches", default="1,2", help="comma-separated batch sizes")
-    parser.add_argument("--units", type=int, default=1, help="how many transformer blocks to compile (from the "
-                        "first: the first follows a conv, so its input is a transposed view)")
+    parser.add_argument("--unit", choices=("blocks", "unet"), default="blocks",
+                        help="compile transformer blocks (compile=blocks) or the whole UNet (compile=unet)")
+    parser.add_argument("--units", type=int, default=1, help="with --unit blocks: how many transformer blocks to "
+                        "compile (from the first: the first follows a conv, so its input is a transposed view)")
+    parser.add_argument("--layouts", default="as-passed,contiguous",
+                        help="which block inputs to check: as-passed (the fault's trigger), contiguous (training's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    layouts = args.layouts.split(",")
+    if not set(layouts) <= {"as-passed", "contiguous"}:
+        parser.error(f"--layouts takes as-passed and/or contiguous, not {args.layouts}")
     reason = speedups.compile_unavailable(torch.device(args.device))
     if reason is not None:
         print(f"compile check: {reason}; nothing to check")
         return 1
     host = make_host(args.size, "fp32", args.device, args.seed)
     host.unet.requires_grad_(False)
+    what = "the whole UNet" if args.unit == "unet" else f"{args.units} block(s)"
     print(f"compile check, {args.size} at {args.resolution} px on {args.device}, torch {torch.__version__}, "
-          f"{args.units} block(s) compiled with inductor:", flush=True)
+          f"{what} compiled with inductor:", flush=True)
     faults = 0
     for batch in (int(b) for b in args.batches.split(",")):
-        for as_passed in (True, False):
-            error, line = check(host, batch, args.resolution, args.units, as_passed, args.seed)
+        for as_passed in [layout == "as-passed" for layout in layouts]:
+            error, line = check(host, batch, args.resolution, args.unit, args.units, as_passed, args.seed)
             faults += not as_passed and error >= FAULT  # the trainer's own path
             print("  " + line, flush=True)
     return 1 if faults else 0

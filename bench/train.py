@@ -8,7 +8,8 @@ Run from the repository root:
     python bench/train.py --gpu-table                         # the whole GPU table in one call (bench/gpu_table.sh)
     python bench/train.py --gpu-table --smoke                 # the same code path on the CPU with tiny models
 
-The variants are described in `bench/train_setup.py` (plain, lycoris, ours, fastest, graphs, lowmem). Outside the table,
+The variants are described in `bench/train_setup.py` (plain, lycoris, ours, blocks, graphs, unet, unet-graphs,
+lowmem). Outside the table,
 each variant runs in its own child process, so that its peak memory is its own; steps/s is timed between steps
 `--warmup` and `--steps`. Targets: ours ≥ 0.95 × plain in steps/s, peak memory within 10 %. In the table, one
 child per (model, precision) builds the model once and runs every batch size and variant on it in turn (CUDA peak
@@ -47,7 +48,7 @@ TARGET_SPEED = 0.95
 TARGET_MEMORY = 1.10
 TABLE_CASES = {"sd15": 512, "sdxl": 1024}  # model → resolution of the GPU table
 SMOKE_CASES = {"tiny": 64, "tiny-sdxl": 64}
-BATCH_1_ONLY = ("lowmem", "graphs")  # the memory budgets are for batch 1; CUDA graphs compile per shape
+BATCH_1_ONLY = ("lowmem", "graphs", "unet-graphs")  # the memory budgets are for batch 1; CUDA graphs record per shape
 
 
 def _rss_mb() -> float:
@@ -104,6 +105,8 @@ def run_child(args) -> None:
         torch.set_num_threads(args.threads)
     if args.read_loss_every:
         train_setup.READ_LOSS_EVERY = args.read_loss_every
+    if args.profile:  # one step callback per optimizer step, so that each profiler step is one training step
+        train_setup.READ_LOSS_EVERY = 1
     if args.compile_backend:
         from lib_copylora.train import speedups
 
@@ -216,13 +219,15 @@ def table_cases(smoke: bool, device: str) -> list[tuple[str, str]]:
 
 
 def table_variants(precision: str, first: bool) -> str:
-    """Every case: plain, ours, fastest; bf16 also lowmem; the first case also graphs (CUDA graphs, batch 1)."""
-    return "plain,ours" + (",lowmem" if precision != "fp16" else "") + ",fastest" + (",graphs" if first else "")
+    """Every case: plain, ours, blocks, unet; bf16 also lowmem; the first case also graphs and unet-graphs (CUDA
+    graphs, batch 1). The whole UNet is compiled once per case and batch size: its first step takes the longest."""
+    compiled = "blocks,graphs,unet,unet-graphs" if first else "blocks,unet"
+    return "plain,ours" + (",lowmem" if precision != "fp16" else "") + "," + compiled
 
 
 def gpu_table(args) -> int:
-    """Batch 1 and 8 × bf16 and fp16 × SD1.5 512 px and SDXL 1024 px × plain / ours / fastest (+ lowmem, graphs);
-    each child's rows are printed as they come and kept when the budget stops it."""
+    """Batch 1 and 8 × bf16 and fp16 × SD1.5 512 px and SDXL 1024 px × plain / ours / blocks / unet (+ lowmem,
+    graphs, unet-graphs); each child's rows are printed as they come and kept when the budget stops it."""
     sizes = SMOKE_CASES if args.smoke else TABLE_CASES
     start, results = time.perf_counter(), []
     for index, (size, precision) in enumerate(table_cases(args.smoke, args.device)):
@@ -276,9 +281,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="the table with tiny models, a few steps")
     parser.add_argument("--budget-s", type=float, default=450.0, help="the table starts no child after this")
     parser.add_argument("--compile-backend", default=None,
-                        help="torch.compile backend of the fastest variant (default inductor; --smoke: eager)")
+                        help="torch.compile backend of the compiled variants (default inductor; --smoke: eager)")
     parser.add_argument("--read-loss-every", type=int, default=None,
-                        help="the fastest variant reads its loss every n steps (default 10; --smoke: 2)")
+                        help="the compiled variants read their loss every n steps (default 10; --smoke: 2)")
     parser.add_argument("--batches", default="1,8", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads (1 steadies --profile "
                         "on a shared machine)")

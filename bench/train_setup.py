@@ -6,8 +6,8 @@ mixed precision and gradient clipping, on latents cached by the same dataset):
 - lycoris: our trainer (`train.routes.train`, saving included) with every `SpeedConfig` option off: lycoris'
   own forward per module, AdamW per tensor (what the trainer did before the speed options existed);
 - ours: our trainer as users get it (the default `SpeedConfig`);
-- fastest: ours plus everything optional: each transformer block compiled, losses read every 10 steps;
-- graphs: fastest with CUDA graphs (`compile=graphs`; on the CPU or with several batch shapes it is fastest);
+- blocks, graphs, unet, unet-graphs: ours with that `SpeedConfig.compile` (each transformer block compiled, or the
+  whole UNet; the graphs forms add CUDA graphs, on CUDA with one batch shape), losses read every 10 steps;
 - lowmem: ours with gradient checkpointing and 8-bit AdamW (when bitsandbytes is importable), for memory.
 """
 
@@ -26,9 +26,10 @@ from lib_copylora.hosts.tiny import build_tiny_pipeline, write_ab_sets
 from lib_copylora.train.host import Component
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-VARIANTS = ("plain", "lycoris", "ours", "fastest", "graphs", "lowmem")
-BATCHED_LOSS = ("fastest", "graphs")  # variants reading their loss every READ_LOSS_EVERY steps
-READ_LOSS_EVERY = 10  # of the fastest variant; its step callbacks then come in bursts: see `bench/train.py:measure`
+COMPILED = ("blocks", "graphs", "unet", "unet-graphs")  # named as their `SpeedConfig.compile`
+VARIANTS = ("plain", "lycoris", "ours", *COMPILED, "lowmem")
+BATCHED_LOSS = COMPILED  # variants reading their loss every READ_LOSS_EVERY steps
+READ_LOSS_EVERY = 10  # of the compiled variants; their step callbacks then come in bursts: see `bench/train.py:measure`
 Tick = Callable[[int], None]  # called with the step number after each optimizer step
 
 
@@ -64,7 +65,7 @@ def speed_config(variant: str):
     if variant == "lycoris":
         return SpeedConfig(fused_lowrank=False, fused_optimizer=False, host_attention=False)
     if variant in BATCHED_LOSS:
-        return SpeedConfig(compile="blocks" if variant == "fastest" else "graphs", read_loss_every=READ_LOSS_EVERY)
+        return SpeedConfig(compile=variant, read_loss_every=READ_LOSS_EVERY)
     return SpeedConfig()
 
 
