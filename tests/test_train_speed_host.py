@@ -53,31 +53,38 @@ def test_compiled_blocks_give_the_eager_result_and_are_undone(host, monkeypatch)
     assert not any("forward" in vars(block) for block in blocks)
 
 
-def _compiles_per_batch(host, monkeypatch, one_shape: bool, batches=(4, 2, 3)) -> list[int]:
-    """How many graphs dynamo hands to the backend while each batch size first runs, in turn."""
-    graphs = []
+@pytest.fixture
+def graphs(monkeypatch) -> list:
+    """The graphs dynamo hands to the compile backend, which runs each as traced; dynamo's caches start empty."""
+    handed = []
 
     def counting_backend(graph, example_inputs):
-        graphs.append(graph)
+        handed.append(graph)
         return graph.forward
 
     torch._dynamo.reset()
     monkeypatch.setattr(speedups, "COMPILE_BACKEND", counting_backend)
+    yield handed
+    torch._dynamo.reset()
+
+
+def _compiles_per_batch(host, graphs: list, one_shape: bool, batches=(4, 2, 3)) -> list[int]:
+    """How many graphs dynamo hands to the backend while each batch size first runs, in turn."""
+    torch._dynamo.reset()
     network, counts = _network(host), []
     with speedups.compiled_units(host, CompileMode.BLOCKS, lambda line: None, one_shape=one_shape):
         for batch in batches:
             before = len(graphs)
             _predict(host, network, batch)
             counts.append(len(graphs) - before)
-    torch._dynamo.reset()
     return counts
 
 
-def test_batches_of_several_sizes_share_one_compiled_graph(host, monkeypatch):
-    first, *later = _compiles_per_batch(host, monkeypatch, one_shape=False)
+def test_batches_of_several_sizes_share_one_compiled_graph(host, graphs):
+    first, *later = _compiles_per_batch(host, graphs, one_shape=False)
     assert first >= 1 and later == [0, 0]  # a set's smaller last batch does not compile again
     # the contrast: told that every batch has one shape, the blocks are compiled for that shape alone
-    assert _compiles_per_batch(host, monkeypatch, one_shape=True)[1] >= 1
+    assert _compiles_per_batch(host, graphs, one_shape=True)[1] >= 1
 
 
 def test_the_recompile_limit_is_raised_only_while_compiled(host, monkeypatch):
@@ -283,17 +290,9 @@ def test_the_whole_unet_compiles_as_one_unit_gives_the_eager_gradients_and_is_un
 
 
 @pytest.mark.parametrize("mode", [CompileMode.BLOCKS, CompileMode.UNET])
-def test_calls_without_gradients_run_eagerly(host, monkeypatch, mode):
+def test_calls_without_gradients_run_eagerly(host, graphs, mode):
     """A preview (under no_grad) runs the eager forward: compiling the unit again for a few images would cost more
     than it saves (minutes for a whole UNet). Calls with gradients still run the compiled one."""
-    graphs = []
-
-    def counting_backend(graph, example_inputs):
-        graphs.append(graph)
-        return graph.forward
-
-    torch._dynamo.reset()
-    monkeypatch.setattr(speedups, "COMPILE_BACKEND", counting_backend)
     network = _network(host)
     eager = _predict(host, network).detach()
     with speedups.compiled_units(host, mode, lambda line: None, one_shape=True):
@@ -302,7 +301,6 @@ def test_calls_without_gradients_run_eagerly(host, monkeypatch, mode):
         assert graphs == []
         _predict(host, network)
         assert graphs
-    torch._dynamo.reset()
 
 
 def test_a_copier_run_with_a_compiled_unet_trains_what_an_eager_one_does(host, monkeypatch, tmp_path):
