@@ -168,6 +168,10 @@ def webui(request, webui_settings, webui_fixtures):
     request.config.stash[SERVER_KEY] = server
     # the cache's lock is already held: pytest_runtestloop takes it before the first test (see there)
     install_extension(data_dir / "extensions", REPO_ROOT)
+    # every run starts from the WebUI's default settings: a server killed during a module (for memory, say) could
+    # not let that module put back the options it set, and its config.json would hold them (seen: an SDXL
+    # checkpoint and lora_functional, under which the next run's block-weight images differed)
+    (data_dir / "config.json").unlink(missing_ok=True)
     try:
         yield WebuiClient(server.start(), server=server)
     finally:
