@@ -1,6 +1,7 @@
-"""SpeedConfig's host-level options on the diffusers host: compiled transformer blocks give the eager results and
-are undone afterwards, a platform that cannot compile trains eagerly with a log line, the attention kernel is put
-back; and the SDXL-sized bench model has SDXL's published shape."""
+"""SpeedConfig's host-level options on the diffusers host: compiled transformer blocks and the compiled whole UNet
+give the eager results (real inductor code too, at batch 1) and are undone afterwards, previews run eagerly, a
+platform that cannot compile trains eagerly with a log line, the attention kernel is put back; and the SDXL-sized
+bench model has SDXL's published shape."""
 
 from __future__ import annotations
 

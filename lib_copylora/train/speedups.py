@@ -3,8 +3,8 @@
 They rest on optional host methods (a host without them trains as before, and the log says so once):
 - `fast_attention()`: a context manager putting the host's fastest attention kernel in place (the diffusers host:
   PyTorch SDPA); the WebUI host has none, its own cross-attention setting stays in charge.
-- `compile_units()`: `(name, module)` of the UNet's transformer blocks (`host.transformer_blocks`), which
-  `compile=blocks|graphs` compiles one by one;
+- `compile_units()`: `(name, module)` of the UNet's transformer blocks (found by `host.py`'s
+  `transformer_blocks`), which `compile=blocks|graphs` compiles one by one;
 - `denoiser()`: the UNet module `predict_noise` calls, which `compile=unet|unet-graphs` compiles whole: its forward
   is one graph and so is its backward, so nearly all of a step runs as generated kernels.
 
