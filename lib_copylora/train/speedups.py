@@ -92,11 +92,13 @@ def compiled_units(host, mode: CompileMode, log: Log, one_shape: bool) -> Iterat
         yield
         return
     options = _compile_options(mode, host.device, one_shape, log)
+    if mode.whole_unet:
+        compiled = f"the whole UNet compiled with {COMPILE_BACKEND} as one graph (the first step takes minutes)"
+    else:
+        compiled = f"{len(units)} blocks compiled with {COMPILE_BACKEND} (the first steps are slow)"
     with contiguous_inputs([block for _, unit in units for _, block in transformer_blocks(unit)]):
         with compiled_forwards(units, options, log, dynamic_batch=not one_shape):
-            log(f"compile: the whole UNet compiled with {COMPILE_BACKEND} as one graph (the first step takes "
-                "minutes)" if mode.whole_unet else
-                f"compile: {len(units)} blocks compiled with {COMPILE_BACKEND} (the first steps are slow)")
+            log(f"compile: {compiled}")
             yield
 
 
