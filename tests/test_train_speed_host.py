@@ -6,6 +6,7 @@ bench model has SDXL's published shape."""
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -153,6 +154,33 @@ def test_host_attention_is_sdpa_while_training_and_put_back(host):
             assert all(type(p) is AttnProcessor for p in host.unet.attn_processors.values())
     finally:
         host.unet.set_attn_processor(AttnProcessor2_0())
+
+
+class _NotingAttentionHost:
+    """A host whose attention kernel says what it changed, as A1111's does when it swaps a sliced kernel out."""
+
+    def __init__(self):
+        self.active = "sliced"
+
+    @contextmanager
+    def fast_attention(self):
+        self.active = "sdpa"
+        try:
+            yield "attention: sdpa in place of sliced"
+        finally:
+            self.active = "sliced"
+
+
+def test_the_line_an_attention_switch_yields_goes_to_the_log_once():
+    host, lines = _NotingAttentionHost(), []
+    with speedups.host_speedups(host, SpeedConfig(), lines.append, one_shape=True):
+        assert host.active == "sdpa"
+    assert host.active == "sliced"
+    assert lines.count("attention: sdpa in place of sliced") == 1
+    lines.clear()
+    with speedups.host_speedups(host, SpeedConfig(host_attention=False), lines.append, one_shape=True):
+        assert host.active == "sliced"
+    assert not any(line.startswith("attention:") for line in lines)
 
 
 def test_the_sdxl_sized_model_has_sdxl_base_shapes():

@@ -318,9 +318,10 @@ class SpeedConfig:
                                   "tensor", default=True)
     cache_text_encoder: bool = _help("while the text encoder is frozen, encode each distinct batch of captions "
                                      "once (the copier's caption-less sets encode once per run)", default=True)
-    host_attention: bool = _help("train with the fastest attention kernel the host offers (the diffusers host: "
-                                 "PyTorch SDPA, restored afterwards; the WebUI keeps its own setting)",
-                                 default=True)
+    host_attention: bool = _help("train with the fastest attention kernel the host offers, and put the host's "
+                                 "own back afterwards: PyTorch SDPA (the diffusers host's; A1111's sdp in place of "
+                                 "a sliced kernel such as Doggettx or InvokeAI; xformers stays; Forge trains with "
+                                 "SDPA always)", default=True)
     compile: CompileMode = _help("off; blocks = torch.compile each transformer block; unet = torch.compile the "
                                  "whole UNet as one graph (fewest launches; its first step compiles for minutes); "
                                  "graphs, unet-graphs = the same plus CUDA graphs, when on CUDA and every batch has "

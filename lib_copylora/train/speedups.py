@@ -2,7 +2,8 @@
 
 They rest on optional host methods (a host without them trains as before, and the log says so once):
 - `fast_attention()`: a context manager putting the host's fastest attention kernel in place (the diffusers host:
-  PyTorch SDPA); the WebUI host has none, its own cross-attention setting stays in charge.
+  PyTorch SDPA; A1111: its own sdp optimization where a sliced kernel is in effect); it may yield a line for the
+  log saying what it changed. Forge's training forward calls SDPA itself and offers none.
 - `compile_units()`: `(name, module)` of the UNet's transformer blocks (found by `host.py`'s
   `transformer_blocks`), which `compile=blocks|graphs` compiles one by one;
 - `denoiser()`: the UNet module `predict_noise` calls, which `compile=unet|unet-graphs` compiles whole: its forward
@@ -38,7 +39,9 @@ RECOMPILE_LIMIT = 64
 def host_speedups(host, speed: SpeedConfig, log: Log, one_shape: bool) -> Iterator[None]:
     """`speed.host_attention` and `speed.compile` for the duration."""
     attention = getattr(host, "fast_attention", None) if speed.host_attention else None
-    with (attention() if callable(attention) else nullcontext()):
+    with (attention() if callable(attention) else nullcontext()) as note:
+        if note:
+            log(note)
         with compiled_units(host, speed.compile, log, one_shape):
             yield
 

@@ -23,6 +23,7 @@ from ..core.naming import kohya_name_from_webui_layer
 from ..train.host import Component, NoiseSchedule, Prediction, TargetModule, transformer_blocks
 from . import compat
 from . import patching
+from .attention import training_attention
 from .model_state import BlockForwards
 
 UNET_ROOT = "diffusion_model"
@@ -190,6 +191,10 @@ class WebUIHost:
 
     def denoiser(self) -> torch.nn.Module:
         return self.sd_model.model.diffusion_model
+
+    def fast_attention(self):
+        """PyTorch SDPA while training where the WebUI's kernel in effect is a sliced one (attention.py)."""
+        return training_attention()
 
     def interrupted(self) -> bool:
         return self._interrupted()

@@ -6,6 +6,7 @@ Tiny on purpose: 64×64 images, a handful of steps, 2 sampling steps; the fixtur
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from .client import WebuiHttpError
-from .training_support import API, PROMPT, SEED, TINY_DATA, result_folders, wait_for_job, write_images
+from .training_support import API, PROMPT, SEED, TINY_DATA, on_forge, result_folders, wait_for_job, write_images
 
 pytestmark = pytest.mark.webui
 
@@ -189,5 +190,47 @@ def test_compiled_blocks_and_unet_train_as_eager_ones_do_and_are_undone(webui, f
         assert weights[mode].keys() == weights["off"].keys()
         for key, eager in weights["off"].items():
             assert torch.allclose(weights[mode][key], eager, rtol=1e-3, atol=1e-4 * largest), (mode, key)
+    assert _model_hash(webui) == before_hash
+    assert np.array_equal(webui.txt2img(PROMPT, SEED).image, before_image)
+
+
+ATTENTION_OPTION = "cross_attention_optimization"
+APPLIED = re.compile(r"Applying attention optimization: (\S+)\.\.\. done\.")
+
+
+def _attention_run(webui, name: str, **speed) -> tuple[dict, list[str]]:
+    """A 2-step run; its job log's attention lines, and the kernels the WebUI applied meanwhile (from its log)."""
+    log_start = len(webui.server.log_text())
+    [job_id] = webui.post(f"{API}/train", _request(name, loop={"max_steps": 2}, speed=speed))["job_ids"]
+    status = wait_for_job(webui, job_id)
+    assert status["state"] == "done", status
+    return status, APPLIED.findall(webui.server.log_text()[log_start:])
+
+
+def test_a1111_trains_with_sdpa_in_place_of_a_sliced_kernel_and_puts_its_own_back(webui, folders):
+    """Automatic picks a sliced kernel for generating (InvokeAI on a CPU, Doggettx on a CUDA card without
+    xformers); with Fastest attention on, a run trains with the WebUI's own sdp and applies the setting's kernel
+    again afterwards. Off, or with sdp chosen already, nothing is switched. Generation afterwards is as before."""
+    if webui.server is None or on_forge(webui):
+        pytest.skip("A1111 started by the tier only: Forge's training forward calls PyTorch SDPA itself, and the "
+                    "kernels applied are read from the server's log")
+    before_image = webui.txt2img(PROMPT, SEED).image
+    before_hash = _model_hash(webui)
+    status, applied = _attention_run(webui, "cl-attention-on")
+    [line] = [line for line in status["log"] if line.startswith("attention:")]
+    own = re.search(r"in place of the WebUI's (.+), which", line).group(1)
+    assert line.startswith("attention: training with PyTorch SDPA (sdp)") and own in ("InvokeAI", "Doggettx"), line
+    assert applied == ["sdp", own]  # switched for the run, then the setting's own kernel again
+
+    status, applied = _attention_run(webui, "cl-attention-off", host_attention=False)
+    assert not any(line.startswith("attention:") for line in status["log"]) and applied == []
+
+    setting = webui.get("/sdapi/v1/options")[ATTENTION_OPTION]
+    webui.post("/sdapi/v1/options", {ATTENTION_OPTION: "sdp - scaled dot product"})
+    try:
+        status, applied = _attention_run(webui, "cl-attention-sdp")
+        assert not any(line.startswith("attention:") for line in status["log"]) and applied == []
+    finally:
+        webui.post("/sdapi/v1/options", {ATTENTION_OPTION: setting})
     assert _model_hash(webui) == before_hash
     assert np.array_equal(webui.txt2img(PROMPT, SEED).image, before_image)
