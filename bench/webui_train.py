@@ -10,9 +10,11 @@ or against a server already running this extension:
 
 WebUI side: a run through POST /copylora/v1/train, polled every `--poll` seconds as the tab polls (each poll is
 served by the process that trains); its speed is the one the run's status reports: steps/s over the last 10 steps,
-end of step to end of step. VmRSS of the WebUI process sampled while idle and during the run. CLI side: the same
-trainer on a DiffusersHost holding SD1.5's architecture with seeded random weights (the same shapes as the fixture
-checkpoint, which is random too), the same images and TrainConfig, timed by its step callback over the same window. The two alternate for `--rounds` rounds
+end of step to end of step. VmRSS of the WebUI process sampled while idle and during the run. By default the run
+has the tab's speed settings (Fastest attention: A1111 trains with its sdp kernel); `--attention TITLE` trains
+with that cross-attention optimization instead. CLI side: the same trainer on a DiffusersHost holding SD1.5's
+architecture with seeded random weights (the same shapes as the fixture checkpoint, which is random too), the same
+images and TrainConfig, timed by its step callback over the same window. The two alternate for `--rounds` rounds
 (the idle server keeps its memory meanwhile: about 10 GiB for both), so a load that comes and goes on a shared
 machine hits both sides; prints each round and the ratio of the medians.
 """
@@ -24,8 +26,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import re
 import importlib.util
+import re
 import shutil
 import statistics
 import sys
@@ -208,9 +210,9 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="alternating WebUI/CLI runs; medians are compared")
     parser.add_argument("--attention", default=None, help="train in the WebUI with this cross-attention "
-                        "optimization, as its setting titles it, and Fastest attention off (e.g. InvokeAI, "
-                        "the kernel A1111's Automatic picks on a CPU, or 'sdp - scaled dot product'); default: Fastest attention on, as in a run "
-                        "with the tab's defaults")
+                        "optimization, as its setting titles it, and Fastest attention off (e.g. InvokeAI, the "
+                        "kernel A1111's Automatic picks on a CPU, or 'sdp - scaled dot product'); default: "
+                        "Fastest attention on, as in a run with the tab's defaults")
     args = parser.parse_args()
     if args.steps < 3:
         parser.error("--steps must be at least 3: the speed is timed from the end of step 1")

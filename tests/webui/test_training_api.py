@@ -1,5 +1,6 @@
 """Training inside the real WebUI through /copylora/v1: results load as LoRAs, the model comes back bit-identical
-(after success, stop-and-save and Interrupt), merged LoRA weights are cleared first, bad names are refused.
+(after success, stop-and-save and Interrupt), merged LoRA weights are cleared first, bad names are refused, and
+A1111 trains with SDPA in place of a sliced attention kernel, putting its own back.
 
 Tiny on purpose: 64×64 images, a handful of steps, 2 sampling steps; the fixture model is a random SD1.5.
 """
@@ -199,7 +200,8 @@ APPLIED = re.compile(r"Applying attention optimization: (\S+)\.\.\. done\.")
 
 
 def _attention_run(webui, name: str, **speed) -> tuple[dict, list[str]]:
-    """A 2-step run; its job log's attention lines, and the kernels the WebUI applied meanwhile (from its log)."""
+    """A 2-step run: its final status (with the job's log), and the kernels the WebUI applied meanwhile, in order,
+    from the server's log."""
     log_start = len(webui.server.log_text())
     [job_id] = webui.post(f"{API}/train", _request(name, loop={"max_steps": 2}, speed=speed))["job_ids"]
     status = wait_for_job(webui, job_id)
