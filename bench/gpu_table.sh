@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole GPU table of issue 9 in one device call: SD1.5-sized at 512 px and SDXL-sized at 1024 px (random
-# weights, nothing downloaded), batch 1 and 8, bf16 then fp16; plain loop / ours (defaults) / blocks (compiled
-# transformer blocks) / unet (the whole UNet compiled as one graph) / lowmem (bf16: gradient checkpointing + 8-bit
-# AdamW) / graphs and unet-graphs (the same with CUDA graphs, first case, batch 1), compiled variants reading their
-# losses every 10 steps; each with steps/s, images/s, CUDA peak and the ratio to plain.
+# weights, nothing downloaded), batch 1 and 8, bf16 then fp16; in this order: plain loop / ours (defaults) /
+# unet-graphs (first case, batch 1: the whole UNet compiled as one graph, with CUDA graphs) / unet (the same without
+# them) / graphs (first case, batch 1) / blocks (compiled transformer blocks) / lowmem (bf16: gradient
+# checkpointing + 8-bit AdamW), compiled variants reading their losses every 10 steps; each with steps/s, images/s,
+# CUDA peak and the ratio to plain.
 # First, bench/compile_check.py on SD1.5 at 512 px, batch 1, float32: do inductor's CUDA kernels give the eager
 # LoRA gradients? For one compiled block (at most CHECK_S seconds, default 60), with the block input as the host
 # passes it and contiguous as training passes it; then for the whole UNet as training compiles it (at most
