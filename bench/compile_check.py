@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib_copylora.train import speedups  # noqa: E402
-from lib_copylora.train.config import NetworkConfig  # noqa: E402
-from lib_copylora.train.host import Component, transformer_blocks  # noqa: E402
+from lib_copylora.train.config import CompileMode, NetworkConfig  # noqa: E402
+from lib_copylora.train.host import Component  # noqa: E402
 from lib_copylora.train.network import LoraNetwork  # noqa: E402
 
 FAULT = 1e-4  # float32 rounding stays orders of magnitude below this
@@ -70,8 +70,9 @@ def _inputs(host, batch: int, resolution: int, seed: int):
 def compiled_gradients(host, network, inputs, unit: str, units: int, as_passed: bool) -> dict[str, torch.Tensor]:
     """The gradients with the first `units` blocks, or the whole UNet, compiled; `as_passed`: without the
     contiguous input copy."""
-    compiled = [("UNet", host.denoiser())] if unit == "unet" else host.compile_units()[:units]
-    blocks = [block for _, part in compiled for _, block in transformer_blocks(part)]
+    compiled = speedups.units_to_compile(host, CompileMode(unit))
+    compiled = compiled if unit == "unet" else compiled[:units]
+    blocks = speedups.blocks_within(compiled)
     torch._dynamo.reset()
     try:
         with nullcontext() if as_passed else speedups.contiguous_inputs(blocks):

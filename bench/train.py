@@ -78,7 +78,7 @@ def measure(variant: str, args, host, dataset, folder: Path) -> dict:
     except torch.cuda.OutOfMemoryError:
         return {"variant": variant, "batch": args.batch, "error": "out of memory"}
     # A variant reading its loss every n steps reports n steps at once, when the n-th is done: time those.
-    every = train_setup.READ_LOSS_EVERY if variant in train_setup.BATCHED_LOSS else 1
+    every = train_setup.READ_LOSS_EVERY if variant in train_setup.COMPILED else 1
     timed = [(step, t) for step, t in stamps if step >= args.warmup and (step % every == 0 or step == args.steps)]
     rate = (timed[-1][0] - timed[0][0]) / (timed[-1][1] - timed[0][1])
     result = {"variant": variant, "batch": args.batch, "steps_per_s": rate, "images_per_s": rate * args.batch}
@@ -88,7 +88,7 @@ def measure(variant: str, args, host, dataset, folder: Path) -> dict:
 
 
 def _measure_or_profile(variant: str, args, host, dataset, folder: Path) -> dict:
-    if variant in train_setup.BATCHED_LOSS:  # each compiled variant starts from an empty dynamo cache
+    if variant in train_setup.COMPILED:  # each compiled variant starts from an empty dynamo cache
         torch._dynamo.reset()
     if not args.profile:
         return measure(variant, args, host, dataset, folder)

@@ -28,7 +28,6 @@ from lib_copylora.train.host import Component
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPILED = ("blocks", "graphs", "unet", "unet-graphs")  # named as their `SpeedConfig.compile`
 VARIANTS = ("plain", "lycoris", "ours", *COMPILED, "lowmem")
-BATCHED_LOSS = COMPILED  # variants reading their loss every READ_LOSS_EVERY steps
 READ_LOSS_EVERY = 10  # of the compiled variants; their step callbacks then come in bursts: see `bench/train.py:measure`
 Tick = Callable[[int], None]  # called with the step number after each optimizer step
 
@@ -64,7 +63,7 @@ def speed_config(variant: str):
 
     if variant == "lycoris":
         return SpeedConfig(fused_lowrank=False, fused_optimizer=False, host_attention=False)
-    if variant in BATCHED_LOSS:
+    if variant in COMPILED:
         return SpeedConfig(compile=variant, read_loss_every=READ_LOSS_EVERY)
     return SpeedConfig()
 

@@ -27,7 +27,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import importlib.util
-import re
 import shutil
 import statistics
 import sys
@@ -149,6 +148,8 @@ def attention_setting(client, name: str | None, server=None) -> Iterator[None]:
     """The WebUI's cross-attention optimization set to `name` meanwhile (None: left as it is), then put back.
     A1111 applies the first kernel it has for a name it does not know, so on a server the bench started, its log
     must show the named kernel applied."""
+    from tests.webui.logscan import attention_kernels_applied
+
     if name is None:
         yield
         return
@@ -158,7 +159,7 @@ def attention_setting(client, name: str | None, server=None) -> Iterator[None]:
     client.post("/sdapi/v1/options", {option: name})
     try:
         if server is not None:
-            applied = re.findall(r"Applying attention optimization: (\S+)\.\.\. done", server.log_text()[log_start:])
+            applied = attention_kernels_applied(server.log_text()[log_start:])
             if not applied or applied[-1] != name.split(" - ")[0]:
                 raise SystemExit(f"the WebUI applied {applied[-1] if applied else 'nothing'} for --attention {name!r}: "
                                  "give the setting's full title (e.g. 'sdp - scaled dot product', 'InvokeAI')")

@@ -72,6 +72,11 @@ def units_to_compile(host, mode: CompileMode) -> Units:
     return [("UNet", offered())] if mode.whole_unet else list(offered())
 
 
+def blocks_within(units: Units) -> list[torch.nn.Module]:
+    """The transformer blocks inside compiled units (each block is its own unit with compile=blocks)."""
+    return [block for _, unit in units for _, block in transformer_blocks(unit)]
+
+
 def _compile_options(mode: CompileMode, device: torch.device, one_shape: bool, log: Log) -> dict:
     if mode.cuda_graphs:
         if device.type == "cuda" and one_shape:
@@ -99,7 +104,7 @@ def compiled_units(host, mode: CompileMode, log: Log, one_shape: bool) -> Iterat
         compiled = f"the whole UNet compiled with {COMPILE_BACKEND} as one graph (the first step takes minutes)"
     else:
         compiled = f"{len(units)} blocks compiled with {COMPILE_BACKEND} (the first steps are slow)"
-    with contiguous_inputs([block for _, unit in units for _, block in transformer_blocks(unit)]):
+    with contiguous_inputs(blocks_within(units)):
         with compiled_forwards(units, options, log, dynamic_batch=not one_shape):
             log(f"compile: {compiled}")
             yield

@@ -7,6 +7,12 @@ import re
 # The WebUI's log format (modules/logging_config.py, the same in Forge): "<date> <time> LEVEL [logger] message".
 OUR_LOGGER_ERROR = re.compile(r" (ERROR|CRITICAL) \[copylora(\.[\w.]+)?\] ")
 PYTHON_WARNING = re.compile(r"\.py:\d+: \w*Warning: ")  # warnings.showwarning's "path:line: Category: message"
+ATTENTION_APPLIED = re.compile(r"Applying attention optimization: (\S+)\.\.\. done\.")  # A1111's sd_hijack
+
+
+def attention_kernels_applied(log_text: str) -> list[str]:
+    """The cross-attention kernels A1111 applied, in order, by name (`sdp`, `InvokeAI`, ...)."""
+    return ATTENTION_APPLIED.findall(log_text)
 
 
 def extension_errors_in_log(log_text: str, roots: list[str], script_names: list[str]) -> list[str]:

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from .client import WebuiHttpError
+from .logscan import attention_kernels_applied
 from .training_support import API, PROMPT, SEED, TINY_DATA, on_forge, result_folders, wait_for_job, write_images
 
 pytestmark = pytest.mark.webui
@@ -196,7 +197,6 @@ def test_compiled_blocks_and_unet_train_as_eager_ones_do_and_are_undone(webui, f
 
 
 ATTENTION_OPTION = "cross_attention_optimization"
-APPLIED = re.compile(r"Applying attention optimization: (\S+)\.\.\. done\.")
 
 
 def _attention_run(webui, name: str, **speed) -> tuple[dict, list[str]]:
@@ -206,7 +206,7 @@ def _attention_run(webui, name: str, **speed) -> tuple[dict, list[str]]:
     [job_id] = webui.post(f"{API}/train", _request(name, loop={"max_steps": 2}, speed=speed))["job_ids"]
     status = wait_for_job(webui, job_id)
     assert status["state"] == "done", status
-    return status, APPLIED.findall(webui.server.log_text()[log_start:])
+    return status, attention_kernels_applied(webui.server.log_text()[log_start:])
 
 
 def test_a1111_trains_with_sdpa_in_place_of_a_sliced_kernel_and_puts_its_own_back(webui, folders):
