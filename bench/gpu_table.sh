@@ -10,7 +10,9 @@
 # passes it and contiguous as training passes it; then for the whole UNet as training compiles it (at most
 # UNET_CHECK_S seconds, default 120). 0 skips a check. Last, only when PROFILE_S is set (it was measured on
 # 2026-11-28), a torch.profiler comparison of plain and ours (SD1.5 512 px, batch 1, bf16): CPU time, aten calls
-# and kernel launches per step. Not run on the CPU machine: it needs a GPU.
+# and kernel launches per step. Then, only when GUARDS_S is set, bench/guards.py on SD1.5 512 px, batch 1, bf16,
+# unet-graphs: steps that skip dynamo's guards once settled against steps that check them all, in one run.
+# Not run on the CPU machine: it needs a GPU.
 #
 # Prepare here, in the project root (the device machine has torch and transformers but cannot download):
 #   ../shared/device/wheels.sh                          # diffusers + lycoris-lora into .whl/
@@ -43,4 +45,8 @@ python3 bench/train.py --gpu-table --budget-s "${BUDGET_S:-380}" "$@" 2>&1 | tee
 if [ "${PROFILE_S:-0}" != 0 ]; then
   timeout "${PROFILE_S}" python3 bench/train.py --device cuda --size sd15 --resolution 512 --batch 1 \
     --steps 12 --warmup 6 --profile 4 --precision bf16 --variants plain,ours 2>&1 | tee -a "$log"
+fi
+if [ "${GUARDS_S:-0}" != 0 ]; then
+  timeout "${GUARDS_S}" python3 bench/guards.py --device cuda --size sd15 --resolution 512 --precision bf16 \
+    --variant unet-graphs --steps 90 --threads 0 2>&1 | grep -v Warning | tee -a "$log"
 fi

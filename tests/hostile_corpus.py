@@ -71,6 +71,8 @@ def hostile_corpus(n: Names = Names()) -> list[tuple[str, str, Any, int, str]]:
         ("POST", "/train", {**OK_TRAIN, "speed": {"read_loss_every": "often"}}, 400, r"^speed\.read_loss_every: 'often'"),
         ("POST", "/train", {**OK_TRAIN, "speed": {"fused_lowrank": "maybe"}}, 400, r"fused_lowrank"),
         ("POST", "/train", {**OK_TRAIN, "speed": {"compil": "blocks"}}, 400, r"unknown field compil \(did you mean compile\?\)"),
+        ("POST", "/train", {**OK_TRAIN, "speed": {"skip_guards": "sometimes"}}, 400, r"^speed\.skip_guards: 'sometimes'"),
+        ("POST", "/train", {**OK_TRAIN, "speed": {"skip_guard": False}}, 400, r"unknown field skip_guard \(did you mean skip_guards\?\)"),
         ("POST", "/train", {**OK_TRAIN, "dataset": {"resolution": [512]}}, 400, r"^dataset\.resolution: \[512\]"),
         ("POST", "/train", {**OK_TRAIN, "dataset": {"caption_extension": {}}}, 400, r"^dataset\.caption_extension"),
         ("POST", "/train", {**OK_TRAIN, "route": "sideways"}, 400, r"route 'sideways' is not one of"),

@@ -22,6 +22,11 @@ from lib_copylora.train.config import NetworkConfig
 from toy_host import ToyHost
 
 
+# with one batch shape, settled steps skip guards (tests/test_train_guards.py), and the log says so
+SKIP_LINE = ["compile: after 3 steps in a row, dynamo checks only the guards that tell its graphs apart "
+             "(skip_guards)"] if speedups.guard_skipping_available() else []
+
+
 @pytest.fixture(scope="module")
 def host():
     return DiffusersHost.from_pipeline(build_tiny_pipeline(Family.SD1, seed=0))
@@ -51,7 +56,7 @@ def test_compiled_blocks_give_the_eager_result_and_are_undone(host, monkeypatch)
         assert blocks and all("forward" in vars(block) for block in blocks)
         compiled = _predict(host, network)
     assert torch.allclose(compiled, eager, atol=1e-5)
-    assert lines == [f"compile: {len(blocks)} blocks compiled with eager (the first steps are slow)"]
+    assert lines == [f"compile: {len(blocks)} blocks compiled with eager (the first steps are slow)", *SKIP_LINE]
     assert not any("forward" in vars(block) for block in blocks)
 
 
@@ -313,7 +318,8 @@ def test_the_whole_unet_compiles_as_one_unit_gives_the_eager_gradients_and_is_un
         assert not any("forward" in vars(block) for _, block in host.compile_units())
         compiled = _gradients(host, network, batch=2)
     torch._dynamo.reset()
-    assert lines == ["compile: the whole UNet compiled with aot_eager as one graph (the first step takes minutes)"]
+    assert lines == ["compile: the whole UNet compiled with aot_eager as one graph (the first step takes minutes)",
+                     *SKIP_LINE]
     assert "forward" not in vars(host.unet) and _pre_hooks(host) == hooks
     _assert_close(compiled, eager)
 

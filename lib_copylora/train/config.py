@@ -308,7 +308,8 @@ class CompileMode(enum.Enum):
 @dataclass(frozen=True)
 class SpeedConfig:
     """How fast, not what: none of these changes what is learned beyond float rounding (`fused_lowrank`,
-    `cache_text_encoder` and `read_loss_every` change nothing at all), and a resume state fits any of them."""
+    `cache_text_encoder`, `skip_guards` and `read_loss_every` change nothing at all), and a resume state fits any of
+    them."""
 
     fused_lowrank: bool = _help("run LoRA/LoCon modules through our own low-rank forward instead of lycoris' "
                                 "per-call dispatch (identical results and files; LoHa, LoKr and DoRA always use "
@@ -327,6 +328,11 @@ class SpeedConfig:
                                  "graphs, unet-graphs = the same plus CUDA graphs, when on CUDA and every batch has "
                                  "one shape. Falls back to eager with a log line where the platform cannot compile; "
                                  "previews always run eagerly", default=CompileMode.OFF)
+    skip_guards: bool = _help("with compile on and every batch of one shape: once 3 steps in a row have run (counted "
+                              "anew after each preview or save), TorchDynamo checks only the guards that tell its "
+                              "compiled graphs apart and the inputs' shapes and types, not every attribute of every "
+                              "module (milliseconds of CPU per step; identical results; an input that fits no graph "
+                              "still compiles one; needs torch 2.6 or later)", default=True)
     read_loss_every: int = _help("read the loss back from the device every n steps (each read waits for the GPU); "
                                  "step callbacks for those steps run then, and a diverged loss is caught within n "
                                  "steps", default=1)

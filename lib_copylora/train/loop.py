@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional, Protocol
 
 import torch
 
+from . import speedups
 from .callbacks import Callbacks, TrainControl
 from .checkpoint import load_state, save_state
 from .config import Precision, TrainConfig
@@ -111,6 +112,7 @@ class _Phase:
         # CUDA graphs replay into the same memory: each batch starts a new generation of the compiled units' graphs
         self.graph_batches = job.config.speed.compile.cuda_graphs and job.host.device.type == "cuda"
         self.latent_shape: Optional[tuple[int, ...]] = None
+        self.settled = 0  # optimizer steps in a row since the phase began or since its last preview or save
 
     def run(self) -> PhaseResult:
         job, cfg, p = self.job, self.cfg, self.progress
@@ -129,6 +131,7 @@ class _Phase:
                     continue
                 lr = self.optimizer_step()
                 p.step += 1
+                self.settled += 1
                 self.losses.end_step(p.step, lr)
                 if self.after_step() or p.step >= self.total:
                     break
@@ -179,7 +182,8 @@ class _Phase:
         noisy = add_noise(latents, noise, timesteps, abar)
         with self.autocast():
             cond = self.encode(list(batch.captions))
-            prediction = host.predict_noise(noisy.to(host.dtype), timesteps, cond)
+            with speedups.settled_step(self.settled >= speedups.SETTLE_STEPS):
+                prediction = host.predict_noise(noisy.to(host.dtype), timesteps, cond)
         target = training_target(latents, noise, timesteps, abar, self.schedule.prediction)
         weights = batch.loss_weights.to(device=host.device, dtype=torch.float32, non_blocking=True)
         if cfg.loss.min_snr_gamma is not None:
@@ -221,6 +225,7 @@ class _Phase:
     def preview(self) -> None:
         if self.latent_shape is None:
             return
+        self.settled = 0  # previews and saves run code between steps besides the optimizer: full guards again
         self.job.network.eval()
         try:
             samples = render_previews(self.host, self.job.network, self.latent_shape, self.cfg.sample,
@@ -230,6 +235,7 @@ class _Phase:
         self.job.callbacks.sample(self.progress.step, samples)
 
     def save(self, suffix: str, with_state: bool) -> None:
+        self.settled = 0
         self.losses.flush()
         self.job.save_lora(self.job.network, suffix, self.progress.step)
         if with_state:

@@ -13,10 +13,20 @@ A compiled unit gets a compiled `forward` as an instance attribute, which the Lo
 afterwards the forward the unit had before (its class's, or the host's own instance forward) is put back exactly.
 A unit that fails to compile falls back to that eager forward with a log line. Only calls with gradients run the
 compiled code: a preview (under no_grad) runs eagerly rather than compile the whole unit again for a few images.
+
+Guards (`speed.skip_guards`): before each call of compiled code, dynamo checks that everything it traced still
+holds: every attribute of every module and hook it went through, thousands of checks (milliseconds of CPU time a
+step for a whole UNet). In a run whose batches all have one shape, nothing the loop does between two training
+steps changes any of that, so once the loop has settled (`settled_step`), dynamo checks only what tells its
+compiled graphs apart, plus the inputs' shapes, dtypes and gradient flags and the grad/autocast state (torch's
+`skip_guard_eval_unsafe` stance). An input that fits none of the graphs is refused by that stance rather than
+compiled; it is then run with every guard checked, which recompiles as it would have anyway.
 """
 
 from __future__ import annotations
 
+import contextvars
+import inspect
 import shutil
 import types
 from contextlib import contextmanager, nullcontext
@@ -33,6 +43,10 @@ COMPILE_BACKEND = "inductor"  # tests swap in "eager": the same tracing without 
 # All blocks of one class share dynamo's cache of their forward: an entry per level of the UNet, per bucket and
 # per batch size (a set's last batch is often smaller); torch's default of 8 entries would drop to eager mid-run.
 RECOMPILE_LIMIT = 64
+SETTLE_STEPS = 3  # training steps in a row with every guard checked before the loop counts as settled
+# whether the compiled units in place now may skip guards in a settled step: one per thread (the WebUI trains in
+# a worker thread)
+_GUARDS_SKIPPABLE = contextvars.ContextVar("copylora_guards_skippable", default=False)
 
 
 @contextmanager
@@ -42,7 +56,7 @@ def host_speedups(host, speed: SpeedConfig, log: Log, one_shape: bool) -> Iterat
     with (attention() if callable(attention) else nullcontext()) as note:
         if note:
             log(note)
-        with compiled_units(host, speed.compile, log, one_shape):
+        with compiled_units(host, speed.compile, log, one_shape, speed.skip_guards):
             yield
 
 
@@ -87,8 +101,36 @@ def _compile_options(mode: CompileMode, device: torch.device, one_shape: bool, l
     return {}
 
 
+def guard_skipping_available() -> bool:
+    """Whether this torch has the stance that skips all but the differentiating guards (2.6 and later)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance is not None and "skip_guard_eval_unsafe" in inspect.signature(set_stance).parameters
+
+
 @contextmanager
-def compiled_units(host, mode: CompileMode, log: Log, one_shape: bool) -> Iterator[None]:
+def settled_step(settled: bool) -> Iterator[None]:
+    """A training step's forward; when `settled` (the loop ran `SETTLE_STEPS` steps in a row since it began or
+    since its last preview or save) and the compiled units allow it, dynamo checks only the guards that tell its
+    graphs apart meanwhile. The stance is process-wide: the WebUI runs nothing else compiled while training."""
+    if not (settled and _GUARDS_SKIPPABLE.get()):
+        yield
+        return
+    with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+        yield
+
+
+@contextmanager
+def _guards_skippable(allowed: bool) -> Iterator[bool]:
+    skippable = allowed and guard_skipping_available()
+    token = _GUARDS_SKIPPABLE.set(skippable)
+    try:
+        yield skippable
+    finally:
+        _GUARDS_SKIPPABLE.reset(token)
+
+
+@contextmanager
+def compiled_units(host, mode: CompileMode, log: Log, one_shape: bool, skip_guards: bool = True) -> Iterator[None]:
     if mode is CompileMode.OFF:
         yield
         return
@@ -104,9 +146,12 @@ def compiled_units(host, mode: CompileMode, log: Log, one_shape: bool) -> Iterat
         compiled = f"the whole UNet compiled with {COMPILE_BACKEND} as one graph (the first step takes minutes)"
     else:
         compiled = f"{len(units)} blocks compiled with {COMPILE_BACKEND} (the first steps are slow)"
-    with contiguous_inputs(blocks_within(units)):
+    with contiguous_inputs(blocks_within(units)), _guards_skippable(skip_guards and one_shape) as skipping:
         with compiled_forwards(units, options, log, dynamic_batch=not one_shape):
             log(f"compile: {compiled}")
+            if skipping:
+                log(f"compile: after {SETTLE_STEPS} steps in a row, dynamo checks only the guards that tell its "
+                    "graphs apart (skip_guards)")
             yield
 
 
@@ -195,10 +240,21 @@ class _FallbackForward:
                 if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] > 1:
                     torch._dynamo.maybe_mark_dynamic(value, 0)
         try:
-            return self.compiled(*args, **kwargs)
+            return self._compiled_call(args, kwargs)
         except (dynamo_errors.BackendCompilerFailed, dynamo_errors.Unsupported,
                 dynamo_errors.InternalTorchDynamoError) as error:
             self.log(f"compile: {self.name} cannot be compiled ({type(error).__name__}: "
                      f"{str(error).splitlines()[0][:160]}); it runs eagerly")
             _put_back(self.unit, self.eager)
             return self.eager_call(*args, **kwargs)
+
+    def _compiled_call(self, args: tuple, kwargs: dict):
+        try:
+            return self.compiled(*args, **kwargs)
+        except RuntimeError as error:
+            if "skip_guard_eval_unsafe" not in str(error):  # torch's words for that refusal
+                raise
+        # a settled step's input fitting none of the graphs, refused by the stance before its graph ran (nothing
+        # of what ran before a graph break is kept): it runs with every guard checked, compiling a graph if needed
+        with torch.compiler.set_stance("default"):
+            return self.compiled(*args, **kwargs)

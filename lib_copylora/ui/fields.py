@@ -48,6 +48,7 @@ LABELS: dict[Key, str] = {
     ("speed", "fused_lowrank"): "Fused LoRA forward", ("speed", "fused_optimizer"): "Fused AdamW",
     ("speed", "cache_text_encoder"): "Cache text-encoder outputs", ("speed", "host_attention"): "Fastest attention",
     ("speed", "compile"): "Compile (torch.compile)", ("speed", "read_loss_every"): "Read the loss every N steps",
+    ("speed", "skip_guards"): "Settled steps skip guards",
 }
 # Defaults that differ from the dataclass's in the form: blank means "the server decides".
 FORM_DEFAULTS: dict[Key, Any] = {("sample", "every_n_steps"): None, ("loop", "precision"): AUTO_PRECISION}
