@@ -14,6 +14,7 @@ from lib_copylora.train import speedups
 from lib_copylora.train.config import CompileMode, NetworkConfig
 from lib_copylora.train.host import Component
 from lib_copylora.train.network import LoraNetwork
+from compile_support import graphs  # noqa: F401 - a fixture
 from toy_host import ToyHost, ToySource
 
 pytestmark = pytest.mark.skipif(not speedups.guard_skipping_available(), reason="torch < 2.6 has no guard skipping")
@@ -48,21 +49,6 @@ class _CompilingToyHost(ToyHost):
 @pytest.fixture
 def host():
     return _CompilingToyHost()
-
-
-@pytest.fixture
-def graphs(monkeypatch) -> list:
-    """The graphs dynamo hands to the compile backend, which runs each as traced; dynamo's caches start empty."""
-    handed = []
-
-    def counting_backend(graph, example_inputs):
-        handed.append(graph)
-        return graph.forward
-
-    torch._dynamo.reset()
-    monkeypatch.setattr(speedups, "COMPILE_BACKEND", counting_backend)
-    yield handed
-    torch._dynamo.reset()
 
 
 def _network(host):

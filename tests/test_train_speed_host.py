@@ -19,6 +19,7 @@ from lib_copylora.train.config import CompileMode, SpeedConfig
 from lib_copylora.train.host import Component
 from lib_copylora.train.network import LoraNetwork
 from lib_copylora.train.config import NetworkConfig
+from compile_support import graphs  # noqa: F401 - a fixture
 from toy_host import ToyHost
 
 
@@ -58,21 +59,6 @@ def test_compiled_blocks_give_the_eager_result_and_are_undone(host, monkeypatch)
     assert torch.allclose(compiled, eager, atol=1e-5)
     assert lines == [f"compile: {len(blocks)} blocks compiled with eager (the first steps are slow)", *SKIP_LINE]
     assert not any("forward" in vars(block) for block in blocks)
-
-
-@pytest.fixture
-def graphs(monkeypatch) -> list:
-    """The graphs dynamo hands to the compile backend, which runs each as traced; dynamo's caches start empty."""
-    handed = []
-
-    def counting_backend(graph, example_inputs):
-        handed.append(graph)
-        return graph.forward
-
-    torch._dynamo.reset()
-    monkeypatch.setattr(speedups, "COMPILE_BACKEND", counting_backend)
-    yield handed
-    torch._dynamo.reset()
 
 
 def _compiles_per_batch(host, graphs: list, one_shape: bool, batches=(4, 2, 3)) -> list[int]:
