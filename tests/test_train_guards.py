@@ -108,13 +108,21 @@ def test_every_guard_is_checked_where_batches_vary_or_skipping_is_off(host, grap
         assert len(graphs) > compiled
 
 
-def test_settling_is_nothing_without_compiled_units(host, monkeypatch):
-    monkeypatch.setattr(torch.compiler, "set_stance", lambda *a, **k: pytest.fail("no stance without compiling"))
-    with speedups.compiled_units(host, CompileMode.OFF, lambda line: None, one_shape=True):
+def test_settling_is_nothing_without_compiled_units_or_a_torch_that_can_skip(host, graphs, monkeypatch):
+    """Compile off, a platform that cannot compile, a torch without the stance (before 2.6): no stance is set,
+    and the log says nothing of skipping."""
+    lines = []
+    monkeypatch.setattr(torch.compiler, "set_stance", lambda *a, **k: pytest.fail("no stance here"))
+    with speedups.compiled_units(host, CompileMode.OFF, lines.append, one_shape=True):
         _predict(host, _network(host), settled=True)
+    monkeypatch.setattr(speedups, "guard_skipping_available", lambda: False)
+    with speedups.compiled_units(host, CompileMode.UNET, lines.append, one_shape=True):
+        _predict(host, _network(host), settled=True)
+        assert graphs  # compiled, and run with every guard checked
     monkeypatch.setattr(speedups, "compile_unavailable", lambda device: "no C++ compiler on PATH")
-    with speedups.compiled_units(host, CompileMode.UNET, lambda line: None, one_shape=True):
+    with speedups.compiled_units(host, CompileMode.UNET, lines.append, one_shape=True):
         _predict(host, _network(host), settled=True)
+    assert not any("skip_guards" in line for line in lines)
 
 
 class _OneShapeSource(ToySource):

@@ -103,8 +103,11 @@ def _compile_options(mode: CompileMode, device: torch.device, one_shape: bool, l
 
 def guard_skipping_available() -> bool:
     """Whether this torch has the stance that skips all but the differentiating guards (2.6 and later)."""
-    set_stance = getattr(torch.compiler, "set_stance", None)
-    return set_stance is not None and "skip_guard_eval_unsafe" in inspect.signature(set_stance).parameters
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    try:
+        return set_stance is not None and "skip_guard_eval_unsafe" in inspect.signature(set_stance).parameters
+    except (TypeError, ValueError):  # a signature Python cannot read: take it as not there
+        return False
 
 
 @contextmanager
