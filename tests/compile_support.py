@@ -1,4 +1,5 @@
-"""The `graphs` fixture of the compile tests: import it into a test module to use it."""
+"""What the compile tests share: the `graphs` fixture (import it into a test module to use it) and the log line
+of settled steps skipping guards."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import pytest
 import torch
 
 from lib_copylora.train import speedups
+
+SKIP_LINE = "compile: after 3 steps in a row, dynamo checks only the guards that tell its graphs apart (skip_guards)"
 
 
 @pytest.fixture

@@ -19,13 +19,12 @@ from lib_copylora.train.config import CompileMode, SpeedConfig
 from lib_copylora.train.host import Component
 from lib_copylora.train.network import LoraNetwork
 from lib_copylora.train.config import NetworkConfig
-from compile_support import graphs  # noqa: F401 - a fixture
+from compile_support import SKIP_LINE, graphs  # noqa: F401 - graphs: a fixture
 from toy_host import ToyHost
 
 
 # with one batch shape, settled steps skip guards (tests/test_train_guards.py), and the log says so
-SKIP_LINE = ["compile: after 3 steps in a row, dynamo checks only the guards that tell its graphs apart "
-             "(skip_guards)"] if speedups.guard_skipping_available() else []
+SKIP_LINES = [SKIP_LINE] if speedups.guard_skipping_available() else []
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +56,7 @@ def test_compiled_blocks_give_the_eager_result_and_are_undone(host, monkeypatch)
         assert blocks and all("forward" in vars(block) for block in blocks)
         compiled = _predict(host, network)
     assert torch.allclose(compiled, eager, atol=1e-5)
-    assert lines == [f"compile: {len(blocks)} blocks compiled with eager (the first steps are slow)", *SKIP_LINE]
+    assert lines == [f"compile: {len(blocks)} blocks compiled with eager (the first steps are slow)", *SKIP_LINES]
     assert not any("forward" in vars(block) for block in blocks)
 
 
@@ -305,7 +304,7 @@ def test_the_whole_unet_compiles_as_one_unit_gives_the_eager_gradients_and_is_un
         compiled = _gradients(host, network, batch=2)
     torch._dynamo.reset()
     assert lines == ["compile: the whole UNet compiled with aot_eager as one graph (the first step takes minutes)",
-                     *SKIP_LINE]
+                     *SKIP_LINES]
     assert "forward" not in vars(host.unet) and _pre_hooks(host) == hooks
     _assert_close(compiled, eager)
 

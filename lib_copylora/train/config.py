@@ -305,6 +305,9 @@ class CompileMode(enum.Enum):
         return self in (CompileMode.GRAPHS, CompileMode.UNET_GRAPHS)
 
 
+SETTLE_STEPS = 3  # training steps in a row with every guard checked before `skip_guards` skips them
+
+
 @dataclass(frozen=True)
 class SpeedConfig:
     """How fast, not what: none of these changes what is learned beyond float rounding (`fused_lowrank`,
@@ -328,8 +331,8 @@ class SpeedConfig:
                                  "graphs, unet-graphs = the same plus CUDA graphs, when on CUDA and every batch has "
                                  "one shape. Falls back to eager with a log line where the platform cannot compile; "
                                  "previews always run eagerly", default=CompileMode.OFF)
-    skip_guards: bool = _help("with compile on and every batch of one shape: once 3 steps in a row have run (counted "
-                              "anew after each preview or save), TorchDynamo checks only the guards that tell its "
+    skip_guards: bool = _help(f"with compile on and every batch of one shape: once {SETTLE_STEPS} steps in a row have "
+                              "run (counted anew after each preview or save), TorchDynamo checks only the guards that tell its "
                               "compiled graphs apart and the inputs' shapes and types, not every attribute of every "
                               "module (milliseconds of CPU per step; identical results; an input that fits no graph "
                               "still compiles one; needs torch 2.6 or later)", default=True)

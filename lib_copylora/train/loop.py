@@ -17,7 +17,7 @@ import torch
 from . import speedups
 from .callbacks import Callbacks, TrainControl
 from .checkpoint import load_state, save_state
-from .config import Precision, TrainConfig
+from .config import SETTLE_STEPS, Precision, TrainConfig
 from .errors import TrainingDiverged, TrainingError
 from .host import TrainingHost
 from .network import LoraNetwork
@@ -182,7 +182,7 @@ class _Phase:
         noisy = add_noise(latents, noise, timesteps, abar)
         with self.autocast():
             cond = self.encode(list(batch.captions))
-            with speedups.settled_step(self.settled >= speedups.SETTLE_STEPS):
+            with speedups.settled_step(self.settled >= SETTLE_STEPS):
                 prediction = host.predict_noise(noisy.to(host.dtype), timesteps, cond)
         target = training_target(latents, noise, timesteps, abar, self.schedule.prediction)
         weights = batch.loss_weights.to(device=host.device, dtype=torch.float32, non_blocking=True)

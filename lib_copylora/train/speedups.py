@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .config import CompileMode, SpeedConfig
+from .config import SETTLE_STEPS, CompileMode, SpeedConfig
 from .host import transformer_blocks
 
 Log = Callable[[str], None]
@@ -43,7 +43,6 @@ COMPILE_BACKEND = "inductor"  # tests swap in "eager": the same tracing without 
 # All blocks of one class share dynamo's cache of their forward: an entry per level of the UNet, per bucket and
 # per batch size (a set's last batch is often smaller); torch's default of 8 entries would drop to eager mid-run.
 RECOMPILE_LIMIT = 64
-SETTLE_STEPS = 3  # training steps in a row with every guard checked before the loop counts as settled
 # whether the compiled units in place now may skip guards in a settled step: one per thread (the WebUI trains in
 # a worker thread)
 _GUARDS_SKIPPABLE = contextvars.ContextVar("copylora_guards_skippable", default=False)
