@@ -332,10 +332,10 @@ class SpeedConfig:
                                  "one shape. Falls back to eager with a log line where the platform cannot compile; "
                                  "previews always run eagerly", default=CompileMode.OFF)
     skip_guards: bool = _help(f"with compile on and every batch of one shape: once {SETTLE_STEPS} steps in a row have "
-                              "run (counted anew after each preview or save), TorchDynamo checks only the guards that tell its "
-                              "compiled graphs apart and the inputs' shapes and types, not every attribute of every "
-                              "module (milliseconds of CPU per step; identical results; an input that fits no graph "
-                              "still compiles one; needs torch 2.6 or later)", default=True)
+                              "run (counted anew after each preview or save), TorchDynamo checks only the guards "
+                              "that tell its compiled graphs apart and the inputs' shapes and types, not every "
+                              "attribute of every module (milliseconds of CPU per step; identical results; an input "
+                              "that fits no graph still compiles one; needs torch 2.6 or later)", default=True)
     read_loss_every: int = _help("read the loss back from the device every n steps (each read waits for the GPU); "
                                  "step callbacks for those steps run then, and a diverged loss is caught within n "
                                  "steps", default=1)
