@@ -69,6 +69,25 @@ def test_copier_and_difference_routes(workspace):
     assert any(not torch.equal(copier.layers[n].up, part_b.layers[n].up) for n in copier.layers)
 
 
+@pytest.mark.parametrize("batch, one", [("1", True), ("3", False)])
+def test_the_trainer_learns_whether_every_batch_has_one_shape(workspace, monkeypatch, batch, one):
+    """The CLI hands the trainer its sets wrapped for data parallelism; CUDA graphs and skipping dynamo's guards
+    still learn that every batch has one shape (4 samples of one bucket: batches of 1; or of 3 and 1)."""
+    from lib_copylora.train import routes
+
+    seen, real = [], routes.host_speedups
+
+    def spy(host, speed, log, one_shape):
+        seen.append(one_shape)
+        return real(host, speed, log, one_shape)
+
+    monkeypatch.setattr(routes, "host_speedups", spy)
+    root, model, data_a, _ = workspace
+    out = root / f"shape{batch}"
+    assert main(_args(model, out, "--data", str(data_a), "--train_batch_size", batch, "--max_train_steps", "1")) == 0
+    assert seen == [one]
+
+
 def test_ctrl_c_stops_saves_and_resume_finishes(workspace, monkeypatch, capsys):
     root, model, data_a, _ = workspace
     out = root / "stop"

@@ -6,9 +6,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from PIL import Image
+
+from lib_copylora.hosts.data_parallel import ShardedSource
 
 from lib_copylora.train.buckets import closest_bucket, cover_and_crop, make_buckets, no_upscale_bucket
 from lib_copylora.train.captions import augment_caption, read_caption, shuffle_tokens
@@ -226,6 +230,18 @@ def test_order_is_deterministic_resumable_and_shardable(data):
     assert len(shards[0]) == len(shards[1]) == one.batches_per_epoch(2) == len(full) // 2
     interleaved = [b for pair in zip(*shards) for b in pair]
     assert all(torch.equal(a.latents, b.latents) for a, b in zip(interleaved, full))
+
+
+@pytest.mark.parametrize("batch_size, bucketed, one", [(4, False, True), (8, False, True), (16, False, True),
+                                                       (3, False, False), (1, True, False)])
+def test_one_batch_shape_says_what_every_batch_is(data, batch_size, bucketed, one):
+    """8 samples: of one bucket without bucketing (full batches of 4 or 8, one short batch of 8 for 16, batches of
+    3, 3 and 2 for 3), of three buckets with it. The answer holds for every epoch and for a data-parallel shard."""
+    dataset = ImageDataset(_config(data, batch_size=batch_size, enable_bucket=bucketed))
+    host = PoolingHost()
+    shapes = {tuple(b.latents.shape) for epoch in range(3) for b in dataset.batches(host, epoch=epoch)}
+    assert (len(shapes) == 1) is one and dataset.one_batch_shape() is one
+    assert ShardedSource(dataset, SimpleNamespace(rank=1, world_size=2)).one_batch_shape() is one
 
 
 def test_config_checks():

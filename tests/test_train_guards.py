@@ -5,7 +5,6 @@ the count of settled steps starting again after each preview and in each phase."
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -125,15 +124,10 @@ def test_settling_is_nothing_without_compiled_units_or_a_torch_that_can_skip(hos
 
 
 class _OneShapeSource(ToySource):
-    """Toy batches all of one shape, saying so as ImageDataset does (one bucket, full batches)."""
+    """Toy batches all of one shape, saying so as ImageDataset does."""
 
-    def summary(self):
-        count = self.latents.shape[0]
-        return SimpleNamespace(buckets={(4, 4): count}, samples_per_epoch=count)
-
-    @property
-    def config(self):
-        return SimpleNamespace(batch_size=self.batch_size)
+    def one_batch_shape(self) -> bool:
+        return True
 
 
 def test_a_copier_run_skipping_guards_trains_exactly_what_one_checking_them_does(monkeypatch, tmp_path):

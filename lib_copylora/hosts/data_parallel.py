@@ -117,6 +117,9 @@ class ShardedSource:
     def summary(self):
         return self.dataset.summary()
 
+    def one_batch_shape(self) -> bool:
+        return self.dataset.one_batch_shape()  # a process takes whole batches of the dataset's plan
+
 
 class CommandHost:
     """The host as the CLI hands it to the trainer: the same model, with Ctrl-C turned into a stop-and-save that

@@ -262,6 +262,15 @@ class ImageDataset:
         total = sum(-(-n // self.config.batch_size) for n in counts.values())
         return max(1, total // world_size)
 
+    def one_batch_shape(self) -> bool:
+        """Whether every batch of every epoch has one shape: one bucket, and no smaller last batch beside full ones
+        (what CUDA graphs and skipping dynamo's guards need)."""
+        counts = Counter(self.records[i].bucket for i in self._samples)
+        if len(counts) != 1:
+            return False
+        count = next(iter(counts.values()))
+        return count <= self.config.batch_size or count % self.config.batch_size == 0
+
     # ---- latents -----------------------------------------------------------------------------------------------
 
     def _encode(self, host, keys: list[tuple[int, bool]]) -> torch.Tensor:

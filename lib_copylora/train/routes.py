@@ -136,15 +136,9 @@ def existing_outputs(config: TrainConfig) -> list[Path]:
 
 
 def _one_batch_shape(source: BatchSource) -> bool:
-    """True when every batch of `source` has one shape (one bucket, no smaller last batch): CUDA graphs need it."""
-    summary, config = getattr(source, "summary", None), getattr(source, "config", None)
-    if not callable(summary) or config is None:
-        return False
-    buckets = summary().buckets
-    if len(buckets) != 1:
-        return False
-    count = next(iter(buckets.values()))
-    return count <= config.batch_size or count % config.batch_size == 0
+    """True when the source says every batch has one shape (`ImageDataset.one_batch_shape`); toy sources need not."""
+    says = getattr(source, "one_batch_shape", None)
+    return bool(says()) if callable(says) else False
 
 
 def _num_train_images(source: BatchSource) -> Optional[int]:

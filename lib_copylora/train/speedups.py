@@ -94,7 +94,8 @@ def _compile_options(mode: CompileMode, device: torch.device, one_shape: bool, l
     if mode.cuda_graphs:
         if device.type == "cuda" and one_shape:
             return {"mode": "reduce-overhead"}
-        why = "the device is not CUDA" if device.type != "cuda" else "the batches have more than one shape"
+        why = ("the device is not CUDA" if device.type != "cuda" else
+               "the batches have more than one shape: images in several buckets, or a smaller last batch")
         what = "the UNet" if mode.whole_unet else "blocks"
         log(f"compile: CUDA graphs need one batch shape on CUDA ({why}); compiling {what} without them")
     return {}
