@@ -53,17 +53,34 @@ def _refuse(message: str) -> int:
     return 2
 
 
+def _missing_package(exc: ModuleNotFoundError) -> int:
+    """A package CopyLoRA needs is not in this Python (run outside .venv or the WebUI's venv): one line saying how
+    to get it. A module of our own that cannot be found is a bug, and keeps its traceback."""
+    package = (exc.name or "").split(".")[0]
+    if not package or package == "lib_copylora":
+        raise exc
+    return _refuse(f"this Python ({sys.executable}) has no {package}, which CopyLoRA needs: `bash dev.sh setup` "
+                   f"installs everything into .venv (then run .venv/bin/python -m lib_copylora), or pip install "
+                   f"requirements-dev.txt into this Python")
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_threads()
     # PIL warns about a large image before our scan refuses it with its own line; the warning would only repeat it
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", module=r"PIL\.")
-    from .core.errors import CopyLoraError
+    try:
+        from .core.errors import CopyLoraError
 
-    args = build_parser().parse_args(argv)
+        parser = build_parser()
+    except ModuleNotFoundError as exc:
+        return _missing_package(exc)
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except CopyLoraError as exc:
         return _refuse(str(exc))
+    except ModuleNotFoundError as exc:  # diffusers or transformers, imported when a model is loaded
+        return _missing_package(exc)
     except OSError as exc:
         if exc.filename is None:  # not about a file the user named or we write: a bug, keep its traceback
             raise

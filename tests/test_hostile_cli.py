@@ -179,3 +179,24 @@ def test_only_the_error_line_reaches_the_terminal(workspace, tmp_path):
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: --save_to: ")
     assert "too long" in done.stderr and "Traceback" not in done.stderr
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("blocked, argv", [
+    ("torch", lambda root, data: ["merge", "--help"]),  # before any command is known
+    ("diffusers", lambda root, data: train_argv(root, data)),  # when the model is loaded
+])
+def test_a_python_without_a_needed_package_says_how_to_get_it(workspace, blocked, argv):
+    """Run by a Python that lacks a package (outside .venv or the WebUI's venv), as a real process: one line naming
+    the package and `bash dev.sh setup`, no traceback, nothing written."""
+    root, data = workspace
+    before = snapshot(root)
+    script = (f"import sys; sys.modules[{blocked!r}] = None; from lib_copylora.cli import main; "
+              f"sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", script, *map(str, argv(root, data))], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+                          timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"has no {blocked}, which CopyLoRA needs" in errors[0]
+    assert "bash dev.sh setup" in errors[0]
+    assert snapshot(root) == before
