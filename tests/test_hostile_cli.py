@@ -58,6 +58,7 @@ SETTINGS = (
     + _family("--sample_guidance_scale", NON_FINITE + ["1e9"], "guidance_scale")
     + _family("--sample_steps", ["0", "100000"], "steps")
     + _family("--keep_tokens", ["-1", str(10**9)], "keep_tokens")
+    + _family("--device", ["bogus", "cuda:-1", "cuda:99", "meta", "cuda:0 ", ""], "--device")
     + [pytest.param(["--betas", "nan", "0.9"], "betas", id="betas-nan"),
        pytest.param(["--betas", "1", "0.9"], "betas", id="betas-1"),
        pytest.param(["--eps", "nan"], "eps", id="eps-nan")]
@@ -108,6 +109,12 @@ def test_names_the_file_system_refuses_are_our_error(workspace, capsys, where):
                 root / "new.safetensors"]
         assert_refused(root, argv, capsys, "--models", "File name too long")
     assert_refused(root, ["inspect", root / ("z" * 300)], capsys, "z" * 20)
+
+
+@pytest.mark.parametrize("device", ["bogus", "mps", "cuda:99", "cudax", "meta", "cuda:-1"])
+def test_a_device_this_machine_cannot_merge_on_is_refused(workspace, capsys, device):
+    root, _ = workspace
+    assert_refused(root, merge_argv(root, root / "new.safetensors", "--device", device), capsys, "device", device)
 
 
 def test_an_existing_merge_output_is_refused(workspace, capsys):

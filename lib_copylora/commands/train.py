@@ -87,10 +87,41 @@ def build_train_config(args, output_dir: Optional[Path] = None):
         dataset_b=dataset_config(args, data_b, seed) if data_b is not None else None)
 
 
+def process_device(asked: Optional[str], cuda_available: bool):
+    """This process's device. Launched as several processes, each takes the GPU of its local rank (as accelerate
+    and torchrun number them), so that no two processes share one GPU."""
+    import torch
+
+    from ..core.devices import parse_device
+    from ..hosts.data_parallel import launched_world_size
+    from ..train.errors import TrainConfigError
+
+    device = parse_device(("cuda" if cuda_available else "cpu") if asked is None else asked)
+    if device is None:
+        raise TrainConfigError(f"--device {asked!r} is not a device torch knows (cpu, cuda, cuda:1, ...)")
+    world = launched_world_size()
+    if world > 1 and device.type == "cuda":
+        if device.index is not None:
+            raise TrainConfigError(f"--device {asked} would put all {world} processes on one GPU: leave --device "
+                                   "out (or give cuda), and each process takes the GPU of its local rank")
+        local = os.environ.get("LOCAL_RANK", "0")
+        if not local.isdigit():
+            raise TrainConfigError(f"LOCAL_RANK={local!r} is not a process number; launch with accelerate or "
+                                   "torchrun")
+        device = torch.device("cuda", int(local))
+    return device
+
+
 def _device_and_dtype(args, precision):
     import torch
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..core.devices import device_problem
+    from ..train.errors import TrainConfigError
+
+    device = process_device(args.device, torch.cuda.is_available())
+    problem = device_problem(device)
+    if problem:
+        raise TrainConfigError(f"--device {device}: {problem} to train on; use --device cpu, or a torch built for it")
     if args.model_dtype != "auto":
         return device, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.model_dtype]
     return device, (precision.dtype if device.type == "cuda" else torch.float32)

@@ -21,6 +21,7 @@ from . import concat
 from .base_merge import base_aware_terms, require_base
 from .base_weights import BaseWeights
 from .concat import Part
+from .devices import device_problem, parse_device
 from .errors import FamilyMismatch, MergeError
 from .layers import Layer
 from .lorafile import LoraFile
@@ -85,8 +86,9 @@ class MergeSpec:
         if self.new_conv_rank is not None and self.new_rank is None:
             raise MergeError("new_conv_rank needs new_rank (the rank of the linear modules) as well")
         self.policy  # validates the ranks and the energy
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise MergeError(f"device must be cpu or cuda, got {self.device!r}")
+        device = parse_device(self.device) if isinstance(self.device, str) else None
+        if device is None or device.type not in ("cpu", "cuda"):
+            raise MergeError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         problem = output_name_problem(self.output_name)
         if problem:
             raise MergeError(f"output name: {problem}")
@@ -165,8 +167,9 @@ def _common_family(loras: Sequence[LoraFile]):
 
 
 def _check_device(device: str) -> None:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MergeError(f"device {device} asked for, but torch sees no CUDA GPU here: use --device cpu")
+    problem = device_problem(torch.device(device))
+    if problem:
+        raise MergeError(f"device {device} asked for, but {problem}: use --device cpu")
 
 
 def _collect_parts(loras: Sequence[LoraFile], spec: MergeSpec) -> dict[str, list[Part]]:

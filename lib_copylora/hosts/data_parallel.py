@@ -31,6 +31,7 @@ class DataParallel:
 
     def __init__(self, device: torch.device):
         self.rank, self.world_size = 0, 1
+        self.device = device  # where collectives run: NCCL, accelerate's backend on GPUs, has no CPU tensors
         if launched_world_size() > 1:
             import importlib.util
 
@@ -55,7 +56,7 @@ class DataParallel:
             return flag
         import torch.distributed as dist
 
-        value = torch.tensor([1.0 if flag else 0.0])
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item() > 0)
 
