@@ -63,6 +63,24 @@ def test_same_output_twice_is_refused_while_the_first_job_holds_it(api):
     assert other.status_code == 200
 
 
+PAIR = {"dataset_b": "a", "keep_parts": True}
+
+
+@pytest.mark.parametrize("existing, extra", [
+    ("kept_A.safetensors", {"route": "difference", **PAIR}), ("kept_B.safetensors", {"route": "difference", **PAIR}),
+    ("kept_A.safetensors", {"route": "copier", **PAIR}), ("kept.safetensors", {"output": {"resume": True}})])
+def test_a_file_the_run_would_refuse_to_replace_is_refused_before_it_queues(api, existing, extra):
+    """The trainer refuses to replace a result or a kept part (resuming or not): the request is refused up front,
+    not queued to fail once the model is prepared."""
+    (api.root / "loras" / existing).write_bytes(b"precious")
+    before = tree_digest(api.root.parent)
+    response = call(api, "POST", "/train", {**OK_TRAIN, "name": "kept", **extra})
+    assert_refused(response, 400, rf"^{existing} already exists in the Lora folder; choose another name")
+    assert tree_digest(api.root.parent) == before and api.service.jobs.list() == []
+    overwrite = {**extra, "output": {**extra.get("output", {}), "overwrite": True}}
+    assert call(api, "POST", "/train", {**OK_TRAIN, "name": "kept", **overwrite}).status_code == 200
+
+
 @pytest.mark.parametrize("ending", ["done", "fail", "stop", "cancel"])
 def test_a_job_releases_its_output_however_it_ends(api, ending):
     blocker = call(api, "POST", "/train", {**OK_TRAIN, "name": "blocker"}).json()["job_ids"][0]

@@ -30,6 +30,7 @@ from ..train.config import (LoopConfig, LossConfig, NetworkConfig, OptimConfig, 
                             RouteConfig, SampleConfig, SpeedConfig, TrainConfig)
 from ..train.data_config import DatasetConfig
 from ..train.errors import TrainConfigError
+from ..train.routes import existing_outputs
 from .safe_paths import check_file_name, resolve_inside
 
 SECTIONS: dict[str, type] = {"network": NetworkConfig, "optim": OptimConfig, "loop": LoopConfig,
@@ -292,12 +293,13 @@ def to_train_config(request: TrainRequest, folders: Folders, model_dtype: torch.
 
 
 def prepare_run(request: TrainRequest, folders: Folders, model_dtype: torch.dtype) -> TrainConfig:
-    """Everything a run can be refused for before it is queued: the full config (each section's checks) and an
-    output that already exists (unless overwriting or resuming)."""
+    """Everything a run can be refused for before it is queued: the full config (each section's checks) and a file
+    it would write that already exists (the result, or a kept part; the trainer's own rule, unless overwriting)."""
     config = to_train_config(request, folders, model_dtype)
-    if config.output.path().exists() and not config.output.overwrite and not config.output.resume:
-        raise OutputExists(f"{config.output.path().name} already exists in the Lora folder; choose another name "
-                           "or ask to overwrite")
+    existing = existing_outputs(config)
+    if existing:
+        raise OutputExists(f"{existing[0].name} already exists in the Lora folder; choose another name or ask to "
+                           "overwrite")
     return config
 
 
