@@ -155,4 +155,5 @@ def test_demo_runs_both_routes_and_reports(tmp_path, capsys):
         assert (tmp_path / "demo" / name).is_file(), name
         assert name in printed
     assert "‖ΔW copier − ΔW difference‖ / ‖ΔW difference‖ =" in printed and "demo finished" in printed
+    assert "  difference: B: cached the latents of 1 image\n" in printed  # the trainer's log lines are shown
     assert read_lora(tmp_path / "demo" / "difference.safetensors").metadata["ss_network_dim"] == "4"

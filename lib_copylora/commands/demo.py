@@ -85,7 +85,8 @@ def _train(args, host, route: str, data: tuple[Path, Path]):
         state.update(phase=phase, losses=[], line=[], mark=0)
 
     started = time.perf_counter()
-    result = train(host, config, sources[0], sources[1], Callbacks(on_step=on_step, on_phase=on_phase))
+    callbacks = Callbacks(on_step=on_step, on_phase=on_phase, on_log=lambda line: print(f"  {route}: {line}"))
+    result = train(host, config, sources[0], sources[1], callbacks)
     print(f"  {route} route trained in {time.perf_counter() - started:.1f}s")
     return result
 

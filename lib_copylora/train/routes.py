@@ -211,7 +211,7 @@ class _Run:
         if callable(cache) and getattr(getattr(source, "config", None), "cache_latents", False):
             encoded = cache(self.host)
             if encoded:
-                self.callbacks.log(f"{name}: cached the latents of {encoded} images")
+                self.callbacks.log(f"{name}: cached the latents of {encoded} image{'' if encoded == 1 else 's'}")
 
     def facts(self, phases: dict[str, PhaseResult], source: BatchSource) -> RunFacts:
         steps = list(phases.values())[-1].steps
