@@ -75,6 +75,28 @@ def test_a_resumed_run_matches_an_uninterrupted_one(tmp_path, route, stop_phase)
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
+@pytest.mark.parametrize("route", ["copier", "difference"])
+def test_a_stop_between_phases_keeps_the_finished_phase(tmp_path, route):
+    """Stop-and-save asked once A has run to its end, before B's first step (as during A's last preview, or while
+    B's latents are cached), without save_state: A's finished state is written, and resuming trains B alone, to
+    the uninterrupted run's file."""
+    def config(out, resume=False):
+        base = _config(out, route, resume=resume)
+        return dataclasses.replace(base, output=dataclasses.replace(base.output, save_state=False))
+
+    full, full_losses = _run(config(tmp_path / "full"))
+    control = TrainControl()
+    callbacks = Callbacks(on_phase=lambda name, total: control.stop(save=True) if name == "B" else None)
+    stopped = train(ToyHost(seed=3), config(tmp_path / "cut"), *_sources(), callbacks=callbacks, control=control)
+    assert stopped.stopped and stopped.phases["A"].steps == STEPS and stopped.phases["B"].steps == 0
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["r.A.trainstate"]
+    resumed, later_losses = _run(config(tmp_path / "cut", resume=True))
+    assert not resumed.stopped and {name for name, _, _ in later_losses} == {"B"}
+    assert later_losses == [loss for loss in full_losses if loss[0] == "B"]
+    want, got = _tensors(read_lora(full.path)), _tensors(read_lora(resumed.path))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
 def test_a_state_from_other_settings_is_refused(tmp_path):
     _run(_config(tmp_path, "single"), stop_at=2, stop_phase="single")
     with pytest.raises(TrainingError, match="other training settings"):

@@ -77,6 +77,12 @@ def run_phase(job: PhaseJob) -> PhaseResult:
         return phase.run()
 
 
+def finished_state(job: PhaseJob, result: PhaseResult) -> dict:
+    """The resume state of a phase that ran to its end: all `run_phase` takes from a finished state."""
+    return {"phase": job.name, "fingerprint": job.fingerprint, "finished": True, "step": result.steps,
+            "losses": list(result.losses), "network": job.network.weights()}
+
+
 @dataclass
 class _Progress:
     step: int = 0

@@ -33,11 +33,11 @@ from ..core.merge import MergeSpec, merge_loras
 from .dora import TrainingBase
 from ..core.metadata import read_recipe
 from .callbacks import Callbacks, TrainControl
-from .checkpoint import state_path
+from .checkpoint import save_state, state_path
 from .config import Route, TrainConfig
 from .errors import TrainConfigError
 from .host import Component, Prediction, TrainingHost
-from .loop import BatchSource, PhaseJob, PhaseResult, run_phase
+from .loop import BatchSource, PhaseJob, PhaseResult, finished_state, run_phase
 from .metadata import RunFacts, with_training_metadata
 from .network import LoraNetwork
 from .optim import build_optimizer, optimizer_name
@@ -156,6 +156,7 @@ class _Run:
         self.control = control or TrainControl()
         self.started_at = time.time()
         self.written: list[Path] = []
+        self.jobs: dict[str, PhaseJob] = {}  # each phase begun, by name
         components = {Component.UNET} | ({Component.TEXT_ENCODER} if config.network.train_text_encoder else set())
         self.targets = host.target_modules(components)
         # building a throwaway optimiser names it for `ss_optimizer` and fails early when its package is missing
@@ -203,6 +204,7 @@ class _Run:
                        callbacks=self.callbacks, control=self.control,
                        save_lora=lambda net, extra, step: self.save_partial(net, name, source, suffix + extra, step),
                        state_file=state_path(cfg.output, name), fingerprint=fingerprint)
+        self.jobs[name] = job
         return run_phase(job)
 
     def cache_latents(self, name: str, source: BatchSource) -> None:
@@ -244,6 +246,13 @@ class _Run:
         return path
 
     def stopped(self, phases: dict[str, PhaseResult]) -> RouteResult:
+        """A stopped run. With stop-and-save, each phase that ran to its end keeps its finished state (save_state on
+        or off), so that resuming trains only what is left: a stop that comes after phase A's last step, during its
+        last preview or while B's latents are cached, loses nothing of A."""
+        if self.control.save_requested:
+            for name, result in phases.items():
+                if not result.stopped:
+                    save_state(self.jobs[name].state_file, finished_state(self.jobs[name], result))
         return RouteResult(None, None, True, phases, list(self.written))
 
     def done(self, lora: LoraFile, phases: dict[str, PhaseResult]) -> RouteResult:
