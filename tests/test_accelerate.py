@@ -9,9 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lib_copylora.core.formats import read_lora
 from lib_copylora.hosts.tiny import save_tiny_model, write_ab_sets
+from lib_copylora.train.callbacks import TrainControl
+from lib_copylora.train.config import LoopConfig, NetworkConfig, OptimConfig, OutputConfig, TrainConfig
+from lib_copylora.train.routes import train
+from toy_host import ToyHost, ToySource
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,3 +50,26 @@ def test_two_cpu_processes_train_one_lora(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["dp.safetensors"]
     lora = read_lora(out / "dp.safetensors")
     assert lora.metadata["ss_steps"] == "3" and len(lora.layers) == 192
+
+
+def test_gradients_are_reduced_once_a_step_before_clipping(tmp_path):
+    """`TrainControl.reduce_gradients` (the CLI's DataParallel.average_gradients, launched as several processes)
+    gets each optimizer step's complete gradients, before clipping (and before fp16 unscaling, which comes first),
+    and what it leaves is what the optimizer applies: zeroed, nothing moves."""
+    norms = []
+
+    def reduce(grads):
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        for grad in grads:
+            grad.zero_()
+
+    config = TrainConfig(
+        network=NetworkConfig(kind="lora", rank=2, alpha=1),
+        optim=OptimConfig(learning_rate=0.01, weight_decay=0.0, max_grad_norm=1e-6),
+        loop=LoopConfig(max_steps=3, gradient_accumulation_steps=2, seed=0),
+        output=OutputConfig(output_dir=tmp_path, output_name="r", save_precision="fp32"))
+    latents = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    result = train(ToyHost(seed=0), config, ToySource(latents, 2), control=TrainControl(reduce_gradients=reduce))
+    assert len(norms) == 3 and min(norms) > 1e-3  # one call a step (2 batches each), unclipped
+    layers = read_lora(result.path).layers.values()
+    assert layers and all(torch.count_nonzero(layer.up) == 0 for layer in layers)  # LoRA's up starts at zero

@@ -199,10 +199,10 @@ def run(args) -> int:
             count = dataset.cache_latents(host)
             say(f"{label}: cached {count} latents in {time.perf_counter() - started:.1f}s")
     sources = [ShardedSource(d, parallel) for d in datasets]
-    control = TrainControl()
+    control = TrainControl(reduce_gradients=parallel.average_gradients if parallel.enabled else None)
     trainer_host = CommandHost(host, control, parallel)
     try:
-        with ctrl_c_stops(trainer_host, say), parallel.averaged_gradients():
+        with ctrl_c_stops(trainer_host, say):
             result = train(trainer_host, config, sources[0], sources[1] if len(sources) > 1 else None,
                            reporter.callbacks(), control)
     finally:

@@ -10,8 +10,7 @@ more than one process; otherwise everything here is a plain pass-through.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -70,36 +69,21 @@ class DataParallel:
             dist.barrier()
             dist.destroy_process_group()
 
-    @contextmanager
-    def averaged_gradients(self) -> Iterator[None]:
-        """While active, every optimizer step first averages its parameters' gradients over the processes (one
-        flattened all-reduce). The loop clips gradients before it steps, so each process clips its own share:
-        "local" clipping, the same on one process."""
-        if not self.enabled:
-            yield
-            return
+    def average_gradients(self, grads: list[torch.Tensor]) -> None:
+        """Each gradient replaced by its mean over the processes (one flattened all-reduce), so that all of them
+        take identical steps. The loop calls it (as `TrainControl.reduce_gradients`) before fp16 unscaling and
+        clipping: an overflow on one process is then an overflow on all, and all skip that step alike."""
         import torch.distributed as dist
-        from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-        world = self.world_size
-
-        def average(optimizer, _args, _kwargs):
-            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if not grads:
-                return
-            flat = torch.cat([g.reshape(-1).float() for g in grads])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            flat /= world
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g))
-                offset += g.numel()
-
-        handle = register_optimizer_step_pre_hook(average)
-        try:
-            yield
-        finally:
-            handle.remove()
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
 
 
 class ShardedSource:

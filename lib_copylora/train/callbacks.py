@@ -56,11 +56,14 @@ class TrainControl:
     """A stop request another thread (a UI button) may set; the loop looks at it after every optimizer step.
 
     `stop()` ends training and writes nothing more; `stop(save=True)` first saves the LoRA being trained and a
-    resume state beside the output."""
+    resume state beside the output. `reduce_gradients`, given by an adapter that runs several data-parallel
+    processes, averages each optimizer step's gradients over them in place; the loop calls it once the step's
+    last backward is done, before fp16 loss-scale unscaling and clipping, so every process decides alike."""
 
-    def __init__(self) -> None:
+    def __init__(self, reduce_gradients: Optional[Callable[[list[torch.Tensor]], None]] = None) -> None:
         self._stop = threading.Event()
         self._save = threading.Event()
+        self.reduce_gradients = reduce_gradients
 
     def stop(self, save: bool = False) -> None:
         if save:

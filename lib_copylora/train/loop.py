@@ -215,6 +215,9 @@ class _Phase:
         optim = self.cfg.optim
         lr = set_learning_rates(self.optimizer, lr_factor(optim.scheduler, self.progress.step, self.total,
                                                           optim.warmup_steps, optim.num_cycles))
+        reduce = self.job.control.reduce_gradients
+        if reduce is not None:  # data-parallel processes: the same averaged, still scaled gradients on each
+            reduce([p.grad for p in self.params if p.grad is not None])
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if optim.max_grad_norm:
