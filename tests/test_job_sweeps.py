@@ -63,6 +63,26 @@ def test_request_becomes_one_config_with_values_coerced(folders):
     assert config.sample.prompts == ("a shirt",)
 
 
+def test_the_data_order_follows_the_runs_seed_as_the_clis_does(folders):
+    """One seed for a run, in the tab and API as in the CLI's --seed: a sweep over loop.seed varies the data order
+    (flips, caption shuffles) too, and a WebUI recipe trains the same batches from the CLI; a dataset seed of the
+    request's own is kept."""
+    from lib_copylora.cli import build_parser
+    from lib_copylora.commands.train import build_train_config
+
+    base = {"name": "s", "dataset_a": "a", "dataset_b": "b", "route": "copier"}
+    for run in expand_sweeps(request_from_dict({**base, "loop": {"seed": "1,5"}})):
+        config = to_train_config(run, folders, torch.float32)
+        cli = build_train_config(build_parser().parse_args(
+            ["train", "--model", "m", "--route", "copier", "--data-a", str(folders.datasets / "a"), "--data-b",
+             str(folders.datasets / "b"), "--seed", str(config.loop.seed)]))
+        assert config.loop.seed in (1, 5)
+        assert config.dataset_a.seed == config.dataset_b.seed == cli.dataset_a.seed == config.loop.seed
+    own = to_train_config(request_from_dict({**base, "loop": {"seed": 5}, "dataset": {"seed": 9}}), folders,
+                          torch.float32)
+    assert own.loop.seed == 5 and own.dataset_a.seed == own.dataset_b.seed == 9
+
+
 @pytest.mark.parametrize("dtype, expected", [(torch.float16, Precision.FP16), (torch.bfloat16, Precision.BF16),
                                              (torch.float32, Precision.FP32)])
 def test_auto_precision_follows_the_model(folders, dtype, expected):

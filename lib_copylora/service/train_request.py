@@ -259,10 +259,12 @@ def auto_precision(model_dtype: torch.dtype) -> Precision:
     return {torch.float16: Precision.FP16, torch.bfloat16: Precision.BF16}.get(model_dtype, Precision.FP32)
 
 
-def _dataset(request: TrainRequest, folders: Folders, name: str, reg: str, what: str) -> DatasetConfig:
+def _dataset(request: TrainRequest, folders: Folders, name: str, reg: str, what: str, seed: int) -> DatasetConfig:
+    """A set's config; its order, flips and caption shuffles follow the run's seed (as the CLI's one --seed), unless
+    the request's dataset section gives a seed of its own."""
     data_dir = resolve_inside(folders.datasets, name, what, must_exist=True)
     reg_dir = resolve_inside(folders.datasets, reg, f"{what} regularisation", must_exist=True) if reg else None
-    return build_section("dataset", request.dataset, data_dir=data_dir, reg_dir=reg_dir)
+    return build_section("dataset", {"seed": seed, **request.dataset}, data_dir=data_dir, reg_dir=reg_dir)
 
 
 def output_dir(request: TrainRequest, folders: Folders) -> Path:
@@ -281,15 +283,17 @@ def to_train_config(request: TrainRequest, folders: Folders, model_dtype: torch.
     two_sets = route.route is not Route.SINGLE
     if two_sets and not request.dataset_b:
         raise TrainConfigError(f"the {request.route} route needs dataset_b as well as dataset_a")
+    loop_config = build_section("loop", loop)
     return TrainConfig(
         network=build_section("network", request.network), optim=build_section("optim", request.optim),
-        loop=build_section("loop", loop), loss=build_section("loss", request.loss),
+        loop=loop_config, loss=build_section("loss", request.loss),
         sample=build_section("sample", request.sample),
         output=build_section("output", {"overwrite": request.overwrite, **request.output},
                              output_dir=output_dir(request, folders), output_name=request.name),
         route=route, speed=build_section("speed", request.speed),
-        dataset_a=_dataset(request, folders, request.dataset_a, request.reg_a, "dataset_a"),
-        dataset_b=_dataset(request, folders, request.dataset_b, request.reg_b, "dataset_b") if two_sets else None)
+        dataset_a=_dataset(request, folders, request.dataset_a, request.reg_a, "dataset_a", loop_config.seed),
+        dataset_b=(_dataset(request, folders, request.dataset_b, request.reg_b, "dataset_b", loop_config.seed)
+                   if two_sets else None))
 
 
 def prepare_run(request: TrainRequest, folders: Folders, model_dtype: torch.dtype) -> TrainConfig:
