@@ -200,6 +200,22 @@ class WebUIHost:
         return self._interrupted()
 
 
+def clip_skip_note(family: Family, clip_skip: int, sdxl_clip_l_skip: bool) -> "str | None":
+    """A1111 reads its clip skip setting for SD1's CLIP, and for SDXL's CLIP-L only with its *Clip skip SDXL*
+    setting on; SD2's OpenCLIP and SDXL's OpenCLIP-G always use their usual layer. Training encodes through the same
+    path, so it conditions as A1111 generates; this says so where a clip skip above 1 is not applied."""
+    if clip_skip <= 1 or family is Family.SD1:
+        return None
+    if family is Family.SD2:
+        return (f"clip skip {clip_skip}: A1111 applies clip skip to SD1 models only, so this SD2 model's text "
+                "encoder gives its usual output, in training as in generation")
+    if sdxl_clip_l_skip:
+        return (f"clip skip {clip_skip}: applied to SDXL's CLIP-L only (Settings: Clip skip SDXL); its OpenCLIP-G "
+                "gives its usual output, in training as in generation")
+    return (f"clip skip {clip_skip}: A1111 applies clip skip to SDXL only with Settings: Clip skip SDXL (and then to "
+            "its CLIP-L alone), so both text encoders give their usual output, in training as in generation")
+
+
 @contextmanager
 def clip_skip_option(opts, clip_skip: int) -> Iterator[None]:
     """The WebUI's text path reads clip skip from its settings: set it for one encode, then put it back."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .training_support import PROMPT, SEED, TINY_DATA, on_checkpoint, on_forge, train_and_apply
+from .training_support import API, PROMPT, SEED, TINY_DATA, on_checkpoint, on_forge, train_and_apply
 
 pytestmark = pytest.mark.webui
 
@@ -43,9 +43,14 @@ def test_the_sd2_fixture_loads_as_a_v_prediction_model(webui, on_sd2):
 
 def test_a_single_run_on_sd2_saves_an_sd2_lora_and_leaves_the_model_as_it_was(webui, on_sd2):
     body = {"name": "cl-sd2", "dataset_a": DATASET, "subfolder": SUBFOLDER, "overwrite": True,
-            "network": {"rank": 4, "alpha": 4}, "optim": {"learning_rate": 5e-3}, "loop": {"max_steps": 3},
-            "dataset": TINY_DATA}
+            "network": {"rank": 4, "alpha": 4}, "optim": {"learning_rate": 5e-3},
+            "loop": {"max_steps": 3, "clip_skip": 2}, "dataset": TINY_DATA}
     metadata, keys = train_and_apply(webui, on_sd2["loras"], body, steps=3)
+    # A1111 applies clip skip to SD1 only, in generation as in training, and the run says so; Forge applies it
+    [job] = [j for j in webui.get(f"{API}/results") if j["name"] == "cl-sd2"][-1:]
+    notes = [line for line in job["log"] if "clip skip 2" in line]
+    assert len(notes) == (0 if on_forge(webui) else 1), job["log"]
+    assert metadata["ss_clip_skip"] == "2"
     assert (metadata["ss_v2"], metadata["ss_base_model_version"]) == ("True", "sd_v2")
     assert metadata["ss_v_parameterization"] == "True"  # trained against the v target the v config sets
     assert any("proj_in" in k for k in keys) and any(k.startswith("lora_unet_") for k in keys)
