@@ -207,3 +207,11 @@ def test_a_python_without_a_needed_package_says_how_to_get_it(workspace, blocked
     assert len(errors) == 1 and f"has no {blocked}, which CopyLoRA needs" in errors[0]
     assert "bash dev.sh setup" in errors[0]
     assert snapshot(root) == before
+
+
+def test_a_conv_re_rank_without_a_rank_is_refused_before_anything_trains(workspace, capsys):
+    """The difference route's final merge has this rule; it is checked with the settings, not after A and B."""
+    root, data = workspace
+    argv = ["train", "--model", root / "model", "--output", root / "out", "--route", "difference", "--data-a", data,
+            "--data-b", data, *SMALL_RUN, "--new_conv_rank", "4"]
+    assert_refused(root, argv, capsys, "new_conv_rank needs new_rank")

@@ -106,6 +106,18 @@ def test_routes_previews_and_resume_unpack_once(folders):
     assert config.sample.prompts == ("a red shirt, front", "a shirt on a table")
 
 
+def test_the_difference_re_rank_reaches_the_config_and_is_checked_before_training(folders):
+    """Both ranks of the difference route's re-rank come from the form, as --new_rank and --new_conv_rank do; a conv
+    rank without a rank is refused when the run is prepared, by the merge's own rule, not after A and B trained."""
+    form = {(REQUEST, "route"): "difference", (REQUEST, "dataset_b"): "set_b", (REQUEST, "new_rank"): 8,
+            (REQUEST, "new_conv_rank"): 4}
+    config = to_train_config(build_train_request(_form(form), SPECS), folders, torch.float32)
+    assert (config.route.new_rank, config.route.new_conv_rank) == (8, 4)
+    alone = build_train_request(_form({**form, (REQUEST, "new_rank"): None}), SPECS)
+    with pytest.raises(TrainConfigError, match="^new_conv_rank needs new_rank"):
+        to_train_config(alone, folders, torch.float32)
+
+
 def test_bad_values_are_refused_with_the_field_named():
     with pytest.raises(TrainConfigError, match="name"):
         build_train_request(_form({(REQUEST, "name"): "  "}), SPECS)

@@ -85,6 +85,8 @@ class TrainRequest:
     overwrite: bool = _help("replace an existing result of the same name", default=False)
     keep_parts: bool = _help("also save A (and B) beside the result", default=False)
     new_rank: Optional[int] = _help("difference route: SVD re-rank B − A to this rank", default=None)
+    new_conv_rank: Optional[int] = _help("difference route: rank of k×k conv modules after re-ranking; empty = "
+                                         "new_rank", default=None)
     network: dict = _help("NetworkConfig fields (kind, rank, alpha, ...); rank/alpha/kind may be comma lists",
                           default_factory=dict)
     optim: dict = _help("OptimConfig fields (learning_rate may be a comma list, ...)", default_factory=dict)
@@ -278,11 +280,15 @@ def to_train_config(request: TrainRequest, folders: Folders, model_dtype: torch.
     loop = dict(request.loop)
     if str(loop.get("precision", AUTO_PRECISION)).strip().lower() == AUTO_PRECISION:
         loop["precision"] = auto_precision(model_dtype)
-    route = RouteConfig(route=request.route, keep_parts=request.keep_parts, new_rank=request.new_rank)
+    route = RouteConfig(route=request.route, keep_parts=request.keep_parts, new_rank=request.new_rank,
+                        new_conv_rank=request.new_conv_rank)
     check_file_name(request.name.strip(), "name", reserve=OUTPUT_NAME_RESERVE)
     two_sets = route.route is not Route.SINGLE
     if two_sets and not request.dataset_b:
         raise TrainConfigError(f"the {request.route} route needs dataset_b as well as dataset_a")
+    if not two_sets and (request.dataset_b or request.reg_b):
+        raise TrainConfigError("the single route trains dataset_a alone: leave dataset_b and reg_b out, or choose "
+                               "route copier or difference")
     loop_config = build_section("loop", loop)
     return TrainConfig(
         network=build_section("network", request.network), optim=build_section("optim", request.optim),

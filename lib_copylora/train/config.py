@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from ..core.errors import CopyLoraError
+from ..core.merge import MergeSpec
 from ..core.output_names import output_name_problem
 from .data_config import DatasetConfig
 from .errors import TrainConfigError
@@ -287,6 +289,16 @@ class RouteConfig:
                 _whole(self, name, upper=2 * MAX_RANK)
                 if self.route is not Route.DIFFERENCE:
                     raise TrainConfigError(f"{name} only applies to the difference route")
+        if self.route is Route.DIFFERENCE:
+            self.difference_spec("copylora")  # the merge's own rules, checked before A and B are trained
+
+    def difference_spec(self, output_name: str) -> MergeSpec:
+        """The merge that ends the difference route: B at +1, A at −1, re-ranked when asked."""
+        try:
+            return MergeSpec(ratios=(1.0, -1.0), new_rank=self.new_rank, new_conv_rank=self.new_conv_rank,
+                             output_name=output_name)
+        except CopyLoraError as exc:
+            raise TrainConfigError(str(exc)) from None
 
 
 class CompileMode(enum.Enum):

@@ -29,7 +29,7 @@ import torch
 from ..core.errors import OutputExists
 from ..core.formats import write_lora
 from ..core.lorafile import LoraFile
-from ..core.merge import MergeSpec, merge_loras
+from ..core.merge import merge_loras
 from .dora import TrainingBase
 from ..core.metadata import read_recipe
 from .callbacks import Callbacks, TrainControl
@@ -111,8 +111,7 @@ def train_difference(host: TrainingHost, config: TrainConfig, data_a: BatchSourc
         if config.route.keep_parts:
             run.finish(lora_a, {"A": phases["A"]}, data_a, suffix="_A")
             run.finish(lora_b, {"B": phases["B"]}, data_b, suffix="_B")
-        spec = MergeSpec(ratios=(1.0, -1.0), new_rank=config.route.new_rank,
-                         new_conv_rank=config.route.new_conv_rank, output_name=config.output.output_name)
+        spec = config.route.difference_spec(config.output.output_name)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             # DoRA parts change with the weight they modify: the host's own weights are the base

@@ -33,7 +33,8 @@ SECTION_TITLES = {REQUEST: "Route and output", "network": "Network", "optim": "O
 LABELS: dict[Key, str] = {
     (REQUEST, "name"): "Output name", (REQUEST, "dataset_a"): "Image set A", (REQUEST, "dataset_b"): "Image set B",
     (REQUEST, "reg_a"): "Regularisation images for A", (REQUEST, "reg_b"): "Regularisation images for B",
-    (REQUEST, "new_rank"): "Difference: SVD re-rank to", (REQUEST, "keep_parts"): "Keep A (and B) beside the result",
+    (REQUEST, "new_rank"): "Difference: SVD re-rank to", (REQUEST, "new_conv_rank"): "Difference: conv re-rank to",
+    (REQUEST, "keep_parts"): "Keep A (and B) beside the result",
     (REQUEST, "subfolder"): "Lora subfolder", (REQUEST, "overwrite"): "Overwrite an existing result",
     ("network", "kind"): "Network", ("network", "rank"): "Rank (dim)", ("network", "alpha"): "Alpha",
     ("network", "lokr_factor"): "LoKr factor", ("optim", "learning_rate"): "Learning rate",

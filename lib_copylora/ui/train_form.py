@@ -44,7 +44,7 @@ def widget_value(spec: FieldSpec, value: Any) -> Any:
 
 
 def _top_level(name: str, value: Any, spec: FieldSpec) -> Any:
-    if name == "new_rank":  # an Optional[int] the request takes as is
+    if name in ("new_rank", "new_conv_rank"):  # an Optional[int] the request takes as is
         try:
             return _integer(value, spec)
         except ValueError:
