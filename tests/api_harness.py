@@ -17,6 +17,7 @@ from lib_copylora.core.family import Family
 from lib_copylora.service.jobs import Job, JobState
 from lib_copylora.service.service import CopyLoraService
 from lib_copylora.service.train_request import Folders, prepare_run
+from lib_copylora.train.routes import output_paths
 
 from lora_factory import family_metadata, lora_state_dict
 
@@ -41,8 +42,8 @@ class GatedRunner:
         return prepare_run(request, self.folders, torch.float32)
 
     @staticmethod
-    def claim(config) -> str:
-        return str(config.output.path())
+    def claim(config) -> frozenset[str]:
+        return frozenset(str(path) for path in output_paths(config))
 
     def run(self, job: Job) -> JobState:
         gate = self.gates.setdefault(job.request.name, threading.Event())

@@ -81,6 +81,16 @@ def test_a_file_the_run_would_refuse_to_replace_is_refused_before_it_queues(api,
     assert call(api, "POST", "/train", {**OK_TRAIN, "name": "kept", **overwrite}).status_code == 200
 
 
+def test_a_kept_part_a_queued_job_writes_is_taken_too(api):
+    """A difference run keeping its parts writes pair_A and pair_B: another run named pair_A waits for none of its
+    files to be written by a queued or running job."""
+    pair = {**OK_TRAIN, "name": "pair", "route": "difference", "dataset_b": "a", "keep_parts": True}
+    first = call(api, "POST", "/train", pair).json()["job_ids"][0]
+    response = call(api, "POST", "/train", {**OK_TRAIN, "name": "pair_A"})
+    assert_refused(response, 409, rf"^pair_A: job {first} \((queued|running)\) already writes this output")
+    assert call(api, "POST", "/train", {**OK_TRAIN, "name": "pair_C"}).status_code == 200
+
+
 @pytest.mark.parametrize("ending", ["done", "fail", "stop", "cancel"])
 def test_a_job_releases_its_output_however_it_ends(api, ending):
     blocker = call(api, "POST", "/train", {**OK_TRAIN, "name": "blocker"}).json()["job_ids"][0]

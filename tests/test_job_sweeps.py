@@ -123,7 +123,7 @@ class RecordingRunner:
 
     @staticmethod
     def claim(config):
-        return config["name"]
+        return frozenset({config["name"]})
 
     def run(self, job):
         with self.lock:

@@ -85,7 +85,7 @@ class Job:
     def __init__(self, group: str, request: TrainRequest, config: Any):
         self.id = uuid.uuid4().hex[:12]
         self.group, self.request, self.config = group, request, config
-        self.claim: Optional[str] = None  # set by the queue: the output this job reserves
+        self.claim: frozenset[str] = frozenset()  # set by the queue: the outputs this job reserves
         self.control = TrainControl()
         self._lock = threading.Lock()
         self._state = JobState.QUEUED
@@ -166,8 +166,9 @@ class Runner(Protocol):
         """Run one job to the end; returns DONE or STOPPED (raising means FAILED)."""
         ...
 
-    def claim(self, config: Any) -> str:
-        """The output a prepared run writes (its path): no two unfinished jobs may hold the same one."""
+    def claim(self, config: Any) -> frozenset[str]:
+        """The outputs a prepared run writes (their paths: the result, kept parts): no two unfinished jobs may
+        hold the same one."""
         ...
 
 
@@ -190,9 +191,9 @@ class JobQueue:
         if len(set(names)) != len(names):
             raise CopyLoraError(f"the sweep gives two runs the same name ({names}); make the swept values differ")
         with self._lock:
-            for job in runs:
+            for index, job in enumerate(runs):
                 job.claim = self.runner.claim(job.config)
-                holder = self._holder(job.claim)
+                holder = self._holder(job.claim, runs[:index])
                 if holder is not None:
                     raise OutputTaken(f"{job.request.name}: job {holder.id} ({holder.state.value}) already writes "
                                       "this output; wait for it to end or choose another name")
@@ -202,9 +203,11 @@ class JobQueue:
             self._start_worker()
         return [job.id for job in runs]
 
-    def _holder(self, claim: str) -> Optional[Job]:
-        """The unfinished job holding `claim`: a job releases its output by ending, however it ends."""
-        return next((j for j in self._jobs.values() if j.claim == claim and not j.state.finished), None)
+    def _holder(self, claim: frozenset[str], submitted: list[Job]) -> Optional[Job]:
+        """The unfinished job (queued before, or earlier in this submission) holding an output of `claim`: a job
+        releases its outputs by ending, however it ends."""
+        return next((j for j in [*self._jobs.values(), *submitted] if j.claim & claim and not j.state.finished),
+                    None)
 
     def _start_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():

@@ -122,16 +122,20 @@ def train_difference(host: TrainingHost, config: TrainConfig, data_a: BatchSourc
         return run.done(lora, phases)
 
 
-def existing_outputs(config: TrainConfig) -> list[Path]:
-    """The files a run would write that exist already (the result, and its parts when kept), unless overwriting
-    was asked for. Adapters check this before loading a model; the run checks it again before step 1."""
-    output = config.output
-    if output.overwrite:
-        return []
+def output_paths(config: TrainConfig) -> list[Path]:
+    """The files a run writes under their final names: the result, and its parts when kept."""
     suffixes = [""]
     if config.route.keep_parts:
         suffixes += ["_A"] if config.route.route is Route.COPIER else ["_A", "_B"]
-    return [path for path in (output.path(s) for s in suffixes) if path.exists()]
+    return [config.output.path(s) for s in suffixes]
+
+
+def existing_outputs(config: TrainConfig) -> list[Path]:
+    """The files a run would write that exist already, unless overwriting was asked for. Adapters check this
+    before loading a model; the run checks it again before step 1."""
+    if config.output.overwrite:
+        return []
+    return [path for path in output_paths(config) if path.exists()]
 
 
 def _one_batch_shape(source: BatchSource) -> bool:

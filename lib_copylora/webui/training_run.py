@@ -19,7 +19,7 @@ from ..train.callbacks import Callbacks, Samples
 from ..train.config import TrainConfig
 from ..train.dataset import ImageDataset
 from ..train.host import Component
-from ..train.routes import train
+from ..train.routes import output_paths, train
 from . import compat, forge_training, settings
 from .host import WebUIHost, clip_skip_note, clip_skip_option
 from ..service.jobs import Job, JobState
@@ -101,8 +101,8 @@ class WebUIRunner:
         return prepare_run(request, self.folders(), dtype)
 
     @staticmethod
-    def claim(config: TrainConfig) -> str:
-        return str(config.output.path())
+    def claim(config: TrainConfig) -> frozenset[str]:
+        return frozenset(str(path) for path in output_paths(config))
 
     def run(self, job: Job) -> JobState:
         from modules import call_queue, shared
