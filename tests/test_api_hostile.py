@@ -91,6 +91,14 @@ def test_a_kept_part_a_queued_job_writes_is_taken_too(api):
     assert call(api, "POST", "/train", {**OK_TRAIN, "name": "pair_C"}).status_code == 200
 
 
+def test_names_have_one_limit_for_training_and_merging(api):
+    """200 bytes, as the CLI says: a training name is not told one limit and then refused by another."""
+    assert call(api, "POST", "/train", {**OK_TRAIN, "name": "t" * 200}).status_code == 200
+    assert_refused(call(api, "POST", "/train", {**OK_TRAIN, "name": "t" * 201}), 400, r"201 bytes .*at most 200")
+    assert call(api, "POST", "/merge", {**OK_MERGE, "output": "m" * 200}).status_code == 200
+    assert_refused(call(api, "POST", "/merge", {**OK_MERGE, "output": "m" * 201}), 400, r"201 bytes.*at most 200")
+
+
 @pytest.mark.parametrize("ending", ["done", "fail", "stop", "cancel"])
 def test_a_job_releases_its_output_however_it_ends(api, ending):
     blocker = call(api, "POST", "/train", {**OK_TRAIN, "name": "blocker"}).json()["job_ids"][0]

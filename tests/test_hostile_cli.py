@@ -215,3 +215,13 @@ def test_a_conv_re_rank_without_a_rank_is_refused_before_anything_trains(workspa
     argv = ["train", "--model", root / "model", "--output", root / "out", "--route", "difference", "--data-a", data,
             "--data-b", data, *SMALL_RUN, "--new_conv_rank", "4"]
     assert_refused(root, argv, capsys, "new_conv_rank needs new_rank")
+
+
+def test_a_merge_name_has_the_same_limit_as_in_the_tab_and_api(workspace, tmp_path, capsys):
+    """200 bytes of name before `.safetensors`, as everywhere a LoRA is named (core/output_names.py)."""
+    root, _ = workspace
+    longest = tmp_path / ("n" * 200 + ".safetensors")
+    code, _, err = run_cli(merge_argv(root, longest), capsys)
+    assert code == 0 and longest.is_file(), err
+    assert_refused(root, merge_argv(root, tmp_path / ("n" * 201 + ".safetensors")), capsys, "201 bytes",
+                   "at most 200")

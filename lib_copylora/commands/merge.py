@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..service.merge_run import MergeJob, check_inputs, run_merge_job
 
     save_to = Path(args.save_to)
-    problem = output_name_problem(save_to.name)
+    problem = output_name_problem(save_to.name.removesuffix(".safetensors"))  # the name, as the tab and API check
     if problem:
         raise MergeError(f"--save_to: {problem}")
     if _exists(save_to, "--save_to") and not args.overwrite:

@@ -26,12 +26,13 @@ from typing import Any, Mapping, NamedTuple, Optional
 import torch
 
 from ..core.errors import OutputExists
+from ..core.output_names import MAX_OUTPUT_NAME_BYTES
 from ..train.config import (LoopConfig, LossConfig, NetworkConfig, OptimConfig, OutputConfig, Precision, Route,
                             RouteConfig, SampleConfig, SpeedConfig, TrainConfig)
 from ..train.data_config import DatasetConfig
 from ..train.errors import TrainConfigError
 from ..train.routes import existing_outputs
-from .safe_paths import check_file_name, resolve_inside
+from .safe_paths import NAME_MAX_BYTES, check_file_name, resolve_inside
 
 SECTIONS: dict[str, type] = {"network": NetworkConfig, "optim": OptimConfig, "loop": LoopConfig,
                              "loss": LossConfig, "sample": SampleConfig, "output": OutputConfig,
@@ -53,8 +54,8 @@ AUTO_PRECISION = "auto"
 # thousand sweep would hold the server for minutes, and no one means to queue more than a few hundred runs.
 MAX_SWEEP_RUNS = 256
 # Bytes a run appends to its name in the files it writes (`_A-step00000000.safetensors`, a resume state's
-# `.A.trainstate`, the temporary file beside each).
-OUTPUT_NAME_RESERVE = 48
+# `.A.trainstate`, the temporary file beside each): what core/output_names.py leaves, so both say one limit.
+OUTPUT_NAME_RESERVE = NAME_MAX_BYTES - MAX_OUTPUT_NAME_BYTES
 
 
 class Folders(NamedTuple):
