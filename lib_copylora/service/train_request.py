@@ -114,7 +114,7 @@ class TrainRequest:
 
 def unknown_fields(what: str, unknown: typing.Iterable[str], known: typing.Iterable[str]) -> str:
     """One line naming each unknown field with the closest known one: `unknown field max_step (did you mean
-    max_steps?)`. Typos must not be dropped silently: a dropped `max_step` trains the default 4,000 steps."""
+    max_steps?)`. Typos must not be dropped silently: a dropped `max_step` trains the config's default instead."""
     known = sorted(known)
     described = []
     for name in sorted(unknown):
