@@ -131,6 +131,35 @@ def test_previews_share_their_noise_with_and_without_the_lora(tmp_path):
     assert 0.0 <= float(late.with_lora.min()) and float(late.with_lora.max()) <= 1.0
 
 
+class _AutocastWitness(ToyHost):
+    """Notes whether autocast is on when the host denoises and when it decodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.autocast = {"predict": set(), "decode": set()}
+
+    def predict_noise(self, *args):
+        self.autocast["predict"].add(torch.is_autocast_enabled("cpu"))
+        return super().predict_noise(*args)
+
+    def decode_latents(self, latents):
+        self.autocast["decode"].add(torch.is_autocast_enabled("cpu"))
+        return super().decode_latents(latents)
+
+
+def test_previews_denoise_in_the_runs_precision_and_decode_in_the_vaes():
+    """Under bf16 the preview's denoiser runs in autocast; the VAE decodes outside it, in its own dtype, as the
+    WebUI decodes (an SDXL VAE overflows in fp16)."""
+    from lib_copylora.train.config import Precision, SampleConfig
+    from lib_copylora.train.sampling import render_previews
+
+    host = _AutocastWitness()
+    network = LoraNetwork(host.target_modules({Component.UNET}), NetworkConfig(rank=2), seed=0)
+    with network.attached():
+        render_previews(host, network, (4, 4, 4), SampleConfig(prompts=("a shirt",), steps=2), 1, Precision.BF16)
+    assert host.autocast == {"predict": {True}, "decode": {False}}
+
+
 class OwnLinear(torch.nn.Module):
     """A host's own linear layer, as Forge builds them: an nn.Module with nn.Linear's attributes, not an nn.Linear."""
 

@@ -68,6 +68,7 @@ def render_previews(host: TrainingHost, network: LoraNetwork, latent_shape: tupl
                 cond = host.encode_prompts(prompts, clip_skip)
                 uncond = host.encode_prompts([""] * len(prompts), clip_skip)
                 latents = ddim_sample(host, cond, uncond, noise, config.steps, config.guidance_scale)
+            with torch.no_grad():  # the VAE in its own dtype, as the WebUI decodes (an fp16 SDXL VAE overflows)
                 decoded = host.decode_latents(latents.to(host.dtype))
             images.append(((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu())
     finally:
