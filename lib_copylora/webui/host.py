@@ -216,6 +216,28 @@ def clip_skip_note(family: Family, clip_skip: int, sdxl_clip_l_skip: bool) -> "s
             "its CLIP-L alone), so both text encoders give their usual output, in training as in generation")
 
 
+def v_prediction_note(family: Family, prediction: Prediction, checkpoint: "str | None") -> "str | None":
+    """A1111 v1.10 takes SDXL's prediction type from a config beside the checkpoint only; a checkpoint that marks
+    itself v-prediction (a `v_pred` key, as NoobAI's do) without one is loaded, generated with and so trained
+    as epsilon. Forge reads the key."""
+    if family is not Family.SDXL or prediction is not Prediction.EPSILON or not checkpoint:
+        return None
+    if not str(checkpoint).endswith(".safetensors") or not _has_key(checkpoint, "v_pred"):
+        return None
+    return ("this SDXL checkpoint marks itself v-prediction (v_pred), but A1111 loaded it as epsilon, so it is "
+            "trained (and generates) as epsilon: put a v-prediction .yaml config of the same name beside it")
+
+
+def _has_key(path: str, key: str) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as handle:
+            return key in handle.keys()
+    except Exception:  # an unreadable file says nothing: the note is advice, never a reason to stop
+        return False
+
+
 @contextmanager
 def clip_skip_option(opts, clip_skip: int) -> Iterator[None]:
     """The WebUI's text path reads clip skip from its settings: set it for one encode, then put it back."""

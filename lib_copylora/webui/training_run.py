@@ -21,7 +21,7 @@ from ..train.dataset import ImageDataset
 from ..train.host import Component
 from ..train.routes import output_paths, train
 from . import compat, forge_training, settings
-from .host import WebUIHost, clip_skip_note, clip_skip_option
+from .host import WebUIHost, clip_skip_note, clip_skip_option, v_prediction_note
 from ..service.jobs import Job, JobState
 from .model_state import prepared_model
 from ..service.safe_paths import relative_name
@@ -77,12 +77,15 @@ def training_host(shared) -> Iterator[Any]:
                         lambda skip: clip_skip_option(shared.opts, skip))
 
 
-def _clip_skip_notes(host, clip_skip: int, shared) -> list[str]:
-    """Forge applies clip skip to every CLIP it runs; A1111 to some (see `clip_skip_note`)."""
+def _a1111_notes(host, clip_skip: int, shared) -> list[str]:
+    """Where A1111 conditions or predicts otherwise than the settings or the checkpoint say (Forge follows both):
+    clip skip it does not apply (`clip_skip_note`), an SDXL v-prediction checkpoint taken as epsilon."""
     if compat.is_forge():
         return []
-    note = clip_skip_note(host.family, clip_skip, bool(shared.opts.data.get("sdxl_clip_l_skip", False)))
-    return [note] if note else []
+    info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    notes = [clip_skip_note(host.family, clip_skip, bool(shared.opts.data.get("sdxl_clip_l_skip", False))),
+             v_prediction_note(host.family, host.noise_schedule().prediction, getattr(info, "filename", None))]
+    return [note for note in notes if note]
 
 
 class WebUIRunner:
@@ -124,7 +127,7 @@ class WebUIRunner:
         with training_host(shared) as host:
             if config.network.train_text_encoder:
                 host.target_modules({Component.TEXT_ENCODER})  # fills host.notes on what cannot be trained
-            for note in host.notes + _clip_skip_notes(host, config.loop.clip_skip, shared):
+            for note in host.notes + _a1111_notes(host, config.loop.clip_skip, shared):
                 job.log(f"note: {note}")
             result = train(host, config, data_a, data_b, self._callbacks(job, shared), job.control)
         if result.path is not None:
