@@ -252,9 +252,14 @@ class ForgeHost:
         return vae.process_in(moments.chunk(2, dim=1)[0]).to(self.device).float()
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's own decode, as `encode_images` encodes: Forge's `decode_first_stage` asks its memory manager
+        for room first, which on a small card may unload the UNet being trained (loaded whole when training
+        began, as the VAE was)."""
+        vae, patcher = self._vae(), self.objects.vae
+        x = vae.process_out(latents.float()).to(device=patcher.patcher.load_device, dtype=patcher.vae_dtype)
         with torch.no_grad():
-            images = self.sd_model.decode_first_stage(latents.to(self.device))
-        return images.float().clone().clamp(-1, 1)  # clone: Forge decodes in inference mode
+            images = vae.decode(x)
+        return images.to(self.device).float().clamp(-1, 1)
 
     def _sdxl_vector(self, pooled: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """Pooled text, then Forge's size embeddings (original, crop, target); buckets crop centrally from an image
