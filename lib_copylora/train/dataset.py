@@ -258,14 +258,18 @@ class ImageDataset:
 
     def batches_per_epoch(self, world_size: int = 1) -> int:
         """Batches each of `world_size` data-parallel processes takes per epoch (all take the same number)."""
-        counts = Counter(self.records[i].bucket for i in self._samples)
+        counts = self._bucket_counts()
         total = sum(-(-n // self.config.batch_size) for n in counts.values())
         return max(1, total // world_size)
+
+    def _bucket_counts(self) -> Counter:
+        """Samples of an epoch (regularisation included) in each bucket."""
+        return Counter(self.records[i].bucket for i in self._samples)
 
     def one_batch_shape(self) -> bool:
         """Whether every batch of every epoch has one shape: one bucket, and no smaller last batch beside full ones
         (what CUDA graphs and skipping dynamo's guards need)."""
-        counts = Counter(self.records[i].bucket for i in self._samples)
+        counts = self._bucket_counts()
         if len(counts) != 1:
             return False
         count = next(iter(counts.values()))
@@ -328,7 +332,7 @@ class ImageDataset:
             old = folders.get(r.path.parent, FolderSummary(r.path.parent, r.repeats, 0, 0, r.is_reg))
             folders[r.path.parent] = old._replace(images=old.images + 1,
                                                   captioned=old.captioned + (r.caption is not None))
-        buckets = Counter(self.records[i].bucket for i in self._samples)
+        buckets = self._bucket_counts()
         train_samples = sum(r.repeats for r in train)
         return DatasetSummary(
             folders=list(folders.values()), images=len(train), samples_per_epoch=train_samples,

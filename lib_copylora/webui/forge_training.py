@@ -242,11 +242,14 @@ class ForgeHost:
     def _vae(self) -> torch.nn.Module:
         return self.objects.vae.first_stage_model
 
+    def _for_vae(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` on the device and in the dtype Forge holds its VAE in."""
+        return x.to(device=self.objects.vae.patcher.load_device, dtype=self.objects.vae.vae_dtype)
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """The latent distribution's mean, scaled (Forge's own encode samples from it)."""
         vae = self._vae()
-        x = images.to(device=self.objects.vae.patcher.load_device, dtype=self.objects.vae.vae_dtype)
-        moments = vae.encoder(x)
+        moments = vae.encoder(self._for_vae(images))
         if vae.quant_conv is not None:
             moments = vae.quant_conv(moments)
         return vae.process_in(moments.chunk(2, dim=1)[0]).to(self.device).float()
@@ -255,10 +258,9 @@ class ForgeHost:
         """The VAE's own decode, as `encode_images` encodes: Forge's `decode_first_stage` asks its memory manager
         for room first, which on a small card may unload the UNet being trained (loaded whole when training
         began, as the VAE was)."""
-        vae, patcher = self._vae(), self.objects.vae
-        x = vae.process_out(latents.float()).to(device=patcher.patcher.load_device, dtype=patcher.vae_dtype)
+        vae = self._vae()
         with torch.no_grad():
-            images = vae.decode(x)
+            images = vae.decode(self._for_vae(vae.process_out(latents.float())))
         return images.to(self.device).float().clamp(-1, 1)
 
     def _sdxl_vector(self, pooled: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:

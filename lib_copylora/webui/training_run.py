@@ -80,7 +80,7 @@ def training_host(shared) -> Iterator[Any]:
 def _a1111_notes(host, clip_skip: int, shared) -> list[str]:
     """Where A1111 conditions or predicts otherwise than the settings or the checkpoint say (Forge follows both):
     clip skip it does not apply (`clip_skip_note`), an SDXL v-prediction checkpoint taken as epsilon."""
-    if compat.is_forge():
+    if not isinstance(host, WebUIHost):  # `training_host` gave Forge's
         return []
     info = getattr(shared.sd_model, "sd_checkpoint_info", None)
     notes = [clip_skip_note(host.family, clip_skip, bool(shared.opts.data.get("sdxl_clip_l_skip", False))),
