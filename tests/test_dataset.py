@@ -116,6 +116,16 @@ def test_images_go_to_the_closest_aspect_and_are_cropped_centrally():
     assert resized == (128, 64) and box == (32, 0, 96, 64)
 
 
+def test_bucket_choice_follows_kohya_where_log_and_linear_ratios_disagree():
+    buckets = make_buckets((600, 900), 256, 1536, 64)
+    # 214x365 (0.586): 512x960 (0.533) is 0.053 away, 576x896 (0.643) 0.057; in log space the order flips
+    assert closest_bucket((214, 365), buckets) == (512, 960)
+    assert closest_bucket((576, 896), buckets) == (576, 896)  # an image of a bucket's size keeps it
+    assert cover_and_crop((214, 365), (512, 960)) == ((563, 960), (25, 0, 537, 960))
+    # sides round half up, as kohya's int(x + 0.5): 5 x 2.5 = 12.5 -> 13 (Python's round() gives 12)
+    assert cover_and_crop((5, 2), (2, 5))[0] == (13, 5)
+
+
 def test_no_upscale_keeps_small_images_small_and_shrinks_large_ones():
     assert no_upscale_bucket((100, 70), (512, 512), 32) == (96, 64)
     w, h = no_upscale_bucket((2048, 1024), (512, 512), 64)
@@ -126,8 +136,9 @@ def test_no_upscale_keeps_small_images_small_and_shrinks_large_ones():
 def test_dataset_buckets_follow_config(data):
     dataset = ImageDataset(_config(data))
     buckets = {r.path.name: r.bucket for r in dataset.records}
-    assert buckets["a.png"] == (64, 64) and buckets["b.png"][0] > buckets["b.png"][1]
-    assert buckets["c.png"][1] > buckets["c.png"][0]
+    assert buckets["a.png"] == (64, 64) and buckets["c.png"] == (32, 96)
+    # b.png's 2:1 lies as far from 64x64 (1:1) as from 96x32 (3:1): kohya takes the first bucket in sorted order
+    assert buckets["b.png"] == (64, 64)
     fixed = ImageDataset(_config(data, enable_bucket=False))
     assert {r.bucket for r in fixed.records} == {(64, 64)}
 

@@ -1,6 +1,7 @@
 """Aspect-ratio buckets as kohya's trainers make them: every bucket's area fits within the training resolution,
 its sides are multiples of the step and lie within [min, max]; an image goes to the bucket whose aspect ratio is
-closest to its own, is scaled to cover it and centre-cropped."""
+closest to its own (kohya's comparison), is scaled to cover it (sides rounded half up, as kohya's) and
+centre-cropped."""
 
 from __future__ import annotations
 
@@ -29,10 +30,13 @@ def make_buckets(max_size: Size, min_reso: int, max_reso: int, step: int) -> lis
 
 
 def closest_bucket(size: Size, buckets: list[Size]) -> Size:
-    """The bucket whose aspect ratio is nearest the image's (compared in log space, so 2:1 and 1:2 are as far
-    from square); ties go to the larger bucket, which loses less of the image."""
-    ratio = math.log(size[0] / size[1])
-    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+    """The image's own size when it is a bucket; else the bucket whose aspect ratio (width / height) differs
+    least from the image's, the first of `buckets` on a tie: kohya's rule, so that the same images land in the
+    same buckets, and are cropped alike, as in kohya's trainers."""
+    if tuple(size) in buckets:
+        return tuple(size)
+    ratio = size[0] / size[1]
+    return min(buckets, key=lambda b: abs(b[0] / b[1] - ratio))
 
 
 def no_upscale_bucket(size: Size, max_size: Size, step: int) -> Size:
@@ -55,6 +59,6 @@ def cover_and_crop(size: Size, bucket: Size) -> tuple[Size, tuple[int, int, int,
     """How to fit an image into its bucket: the resized size that covers the bucket (aspect kept) and the centred
     crop box (left, top, right, bottom) in that resized image."""
     scale = max(bucket[0] / size[0], bucket[1] / size[1])
-    resized = (max(bucket[0], round(size[0] * scale)), max(bucket[1], round(size[1] * scale)))
+    resized = (max(bucket[0], math.floor(size[0] * scale + 0.5)), max(bucket[1], math.floor(size[1] * scale + 0.5)))
     left, top = (resized[0] - bucket[0]) // 2, (resized[1] - bucket[1]) // 2
     return resized, (left, top, left + bucket[0], top + bucket[1])
