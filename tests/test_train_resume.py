@@ -31,7 +31,7 @@ def _config(out_dir, route="single", resume=False, lr=0.01) -> TrainConfig:
 
 def _sources():
     g = torch.Generator().manual_seed(0)
-    # 6 images in batches of 2 with 2 batches per step: steps straddle epochs and stop in mid-epoch
+    # 6 images in batches of 2 with 2 batches per step: each epoch ends with a one-batch step; the stop is mid-epoch
     latents_a, latents_b = torch.randn(6, 4, 4, 4, generator=g), torch.randn(6, 4, 4, 4, generator=g)
     captions = ["red shirt", "blue shirt", "a photo", "text", "mark", "stripe"]
     return ToySource(latents_a, 2, captions, seed=1), ToySource(latents_b, 2, captions, seed=2)

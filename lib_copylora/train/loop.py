@@ -55,11 +55,17 @@ class PhaseResult(NamedTuple):
     stopped: bool
 
 
+def steps_per_epoch(batches_per_epoch: int, accumulation: int) -> int:
+    """Optimizer steps an epoch makes: as in kohya's scripts, an epoch's last step takes the batches left over when
+    they are fewer than `accumulation` (no step sums batches of two epochs)."""
+    return max(1, math.ceil(batches_per_epoch / accumulation))
+
+
 def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
     loop = config.loop
     if loop.max_steps:
         return loop.max_steps
-    return max(1, loop.epochs * batches_per_epoch // loop.gradient_accumulation_steps)
+    return loop.epochs * steps_per_epoch(batches_per_epoch, loop.gradient_accumulation_steps)
 
 
 def run_phase(job: PhaseJob) -> PhaseResult:
@@ -127,28 +133,23 @@ class _Phase:
         if self.stop_requested():  # asked while an earlier phase was finishing
             return PhaseResult(p.step, self.total, p.losses, True)
         while p.step < self.total:
+            ended = False
             for batch in job.source.batches(self.host, p.epoch, p.position):
                 p.position += 1
-                loss = self.batch_loss(batch)
-                self.losses.add(loss, p.step + 1)
-                scaled = loss / accum
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                if self.losses.batches_pending() < accum:
-                    continue
-                lr = self.optimizer_step()
-                p.step += 1
-                self.settled += 1
-                self.losses.end_step(p.step, lr)
-                if self.after_step() or p.step >= self.total:
+                self.backward(batch, accum)
+                if self.losses.batches_pending() >= accum and self.step():
+                    ended = True
                     break
-            else:  # the epoch ran out
-                p.epoch, p.position = p.epoch + 1, 0
-                every = cfg.output.save_every_n_epochs
-                if every and p.epoch % every == 0 and p.step < self.total:
-                    self.save(f"-{p.epoch:06d}", with_state=not self.losses.batches_pending())
-                continue
-            if p.step < self.total:  # left the epoch early: a stop was asked for
-                return PhaseResult(p.step, self.total, p.losses, True)
+            if not ended and self.losses.batches_pending():  # the epoch ran out within an accumulation
+                ended = self.step()
+            if ended:
+                if p.step < self.total:  # a stop was asked for
+                    return PhaseResult(p.step, self.total, p.losses, True)
+                break
+            p.epoch, p.position = p.epoch + 1, 0
+            every = cfg.output.save_every_n_epochs
+            if every and p.epoch % every == 0 and p.step < self.total:
+                self.save(f"-{p.epoch:06d}", with_state=True)
         self.losses.flush()
         every = cfg.sample.every_n_steps
         if cfg.sample.prompts and not (every and p.step % every == 0):  # else after_step just rendered them
@@ -156,6 +157,23 @@ class _Phase:
         if cfg.output.save_state:
             save_state(job.state_file, self.state(finished=True))
         return PhaseResult(p.step, self.total, p.losses, False)
+
+    def backward(self, batch, accum: int) -> None:
+        """Add one batch's gradients (its loss divided by `accum`, also in an epoch's shorter last step, as
+        kohya's scripts under accelerate do)."""
+        loss = self.batch_loss(batch)
+        self.losses.add(loss, self.progress.step + 1)
+        scaled = loss / accum
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+
+    def step(self) -> bool:
+        """One optimizer step over the batches summed so far; True when the phase ends here (done or stopped)."""
+        p = self.progress
+        lr = self.optimizer_step()
+        p.step += 1
+        self.settled += 1
+        self.losses.end_step(p.step, lr)
+        return self.after_step() or p.step >= self.total
 
     def after_step(self) -> bool:
         """Periodic saves and previews; True when training must stop now."""

@@ -37,7 +37,7 @@ from .checkpoint import save_state, state_path
 from .config import Route, TrainConfig
 from .errors import TrainConfigError
 from .host import Component, Prediction, TrainingHost
-from .loop import BatchSource, PhaseJob, PhaseResult, finished_state, run_phase
+from .loop import BatchSource, PhaseJob, PhaseResult, finished_state, run_phase, steps_per_epoch
 from .metadata import RunFacts, with_training_metadata
 from .network import LoraNetwork
 from .optim import build_optimizer, optimizer_name
@@ -220,8 +220,8 @@ class _Run:
 
     def facts(self, phases: dict[str, PhaseResult], source: BatchSource) -> RunFacts:
         steps = list(phases.values())[-1].steps
-        per_epoch = max(1, source.batches_per_epoch())
-        epochs = math.ceil(steps * self.config.loop.gradient_accumulation_steps / per_epoch)
+        per_epoch = steps_per_epoch(source.batches_per_epoch(), self.config.loop.gradient_accumulation_steps)
+        epochs = math.ceil(steps / per_epoch)
         v_prediction = self.host.noise_schedule().prediction is Prediction.V
         return RunFacts(self.started_at, time.time(), steps, epochs, self.optimizer, _num_train_images(source),
                         v_prediction)
