@@ -36,6 +36,7 @@ BAD_NAMES = ["a\x00b", "a\x01b", "line\nbreak", "cr\rname", "esc\x1b", "sep\u202
 SETTINGS = (
     _family("--learning_rate", NON_FINITE + ["0", "-1", "1e20"], "learning_rate")
     + _family("--text_encoder_lr", NON_FINITE + ["-1e-4"], "text_encoder_lr")
+    + _family("--weight_decay", NON_FINITE + ["-0.01", "11"], "weight_decay")
     + _family("--network_alpha", NON_FINITE + ["-1", "1e20"], "alpha")
     + _family("--network_dim", ["0", "-1", "100000"], "rank")
     + _family("--network_dim", ["1e20", "abc", "nan", "1.5"], "--network_dim")

@@ -133,3 +133,13 @@ def test_missing_optimizer_packages_say_what_to_do():
                 build_optimizer([{"params": param, "lr": 1.0}], OptimConfig(optimizer=kind))
     lion = build_optimizer([{"params": param}], OptimConfig(optimizer="lion"))
     assert type(lion).__name__ == "Lion" and lion.param_groups[0]["betas"] == (0.9, 0.99)  # Lion's own default
+
+
+@pytest.mark.parametrize("kind, unset, given", [("adamw", 0.01, 0.0), ("lion", 0.0, 0.3), ("adamw", 0.01, 0.25)])
+def test_weight_decay_unset_is_the_optimisers_own_default(kind, unset, given):
+    param = [torch.nn.Parameter(torch.zeros(1))]
+    assert build_optimizer([{"params": param}], OptimConfig(optimizer=kind)).param_groups[0]["weight_decay"] == unset
+    chosen = build_optimizer([{"params": param}], OptimConfig(optimizer=kind, weight_decay=given))
+    assert chosen.param_groups[0]["weight_decay"] == given
+    assert OptimConfig(optimizer="prodigy").effective_weight_decay == 0.0
+    assert OptimConfig(optimizer="adamw8bit").effective_weight_decay == 0.01

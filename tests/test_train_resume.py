@@ -101,3 +101,20 @@ def test_a_state_from_other_settings_is_refused(tmp_path):
     _run(_config(tmp_path, "single"), stop_at=2, stop_phase="single")
     with pytest.raises(TrainingError, match="other training settings"):
         _run(dataclasses.replace(_config(tmp_path, "single", resume=True, lr=0.02)))
+
+
+def test_weight_decay_spelt_out_resumes_a_run_that_left_it_unset(tmp_path):
+    """AdamW's unset weight decay is 0.01: a resume that spells 0.01 out continues the run to the same file; a
+    different value is other settings."""
+    full, full_losses = _run(_config(tmp_path / "full"))
+    _, first_losses = _run(_config(tmp_path / "cut"), stop_at=3, stop_phase="single")
+
+    def with_decay(config, decay):
+        return dataclasses.replace(config, optim=dataclasses.replace(config.optim, weight_decay=decay))
+
+    with pytest.raises(TrainingError, match="other training settings"):
+        _run(with_decay(_config(tmp_path / "cut", resume=True), 0.02))
+    resumed, later_losses = _run(with_decay(_config(tmp_path / "cut", resume=True), 0.01))
+    assert first_losses + later_losses == full_losses
+    want, got = _tensors(read_lora(full.path)), _tensors(read_lora(resumed.path))
+    assert all(torch.equal(want[k], got[k]) for k in want)

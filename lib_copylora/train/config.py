@@ -143,7 +143,8 @@ class OptimConfig:
     learning_rate: float = _help("learning rate of the UNet modules (Prodigy: use 1.0)", default=1e-4)
     text_encoder_lr: Optional[float] = _help("learning rate of the text-encoder modules; None = learning_rate",
                                              default=None)
-    weight_decay: float = _help("decoupled weight decay", default=0.01)
+    weight_decay: Optional[float] = _help("decoupled weight decay; None = the optimiser's usual: 0.01 for AdamW and "
+                                          "AdamW 8-bit, 0 for Lion and Prodigy (as kohya's scripts)", default=None)
     betas: Optional[tuple[float, float]] = _help("momentum coefficients (β1, β2); None = the optimiser's usual "
                                                  "ones: (0.9, 0.99) for Lion, (0.9, 0.999) otherwise", default=None)
     eps: float = _help("AdamW/Prodigy epsilon", default=1e-8)
@@ -166,7 +167,8 @@ class OptimConfig:
         _positive("learning_rate", self.learning_rate, upper=MAX_LEARNING_RATE)
         if self.text_encoder_lr is not None:
             _positive("text_encoder_lr", self.text_encoder_lr, upper=MAX_LEARNING_RATE)
-        _positive("weight_decay", self.weight_decay, allow_zero=True, upper=10.0)
+        if self.weight_decay is not None:
+            _positive("weight_decay", self.weight_decay, allow_zero=True, upper=10.0)
         _positive("eps", self.eps, upper=1.0)
         _whole(self, "warmup_steps", allow_zero=True)
         if self.warmup_steps and self.scheduler is SchedulerKind.CONSTANT:
@@ -180,6 +182,12 @@ class OptimConfig:
         if self.betas is not None:
             return self.betas
         return (0.9, 0.99) if self.optimizer is OptimizerKind.LION else (0.9, 0.999)
+
+    @property
+    def effective_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.01 if self.optimizer in (OptimizerKind.ADAMW, OptimizerKind.ADAMW_8BIT) else 0.0
 
     @property
     def effective_text_encoder_lr(self) -> float:

@@ -81,7 +81,7 @@ def build_optimizer(param_groups: list[dict], config: OptimConfig, multi_tensor:
     """The optimiser over `param_groups` (each with its own "lr"); a missing package is a clear error.
     `multi_tensor` asks for AdamW's fused (or foreach) implementation; the others have one form."""
     kind = config.optimizer
-    common = dict(lr=config.learning_rate, weight_decay=config.weight_decay)
+    common = dict(lr=config.learning_rate, weight_decay=config.effective_weight_decay)
     if kind is OptimizerKind.ADAMW:
         extra = multi_tensor_options(param_groups) if multi_tensor else {}
         return torch.optim.AdamW(param_groups, betas=config.effective_betas, eps=config.eps, **common, **extra)

@@ -17,6 +17,7 @@ modules act through forward hooks that are removed in `finally`) and its require
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -202,7 +203,9 @@ class _Run:
         dataset = self.config.dataset_b if name == "B" else self.config.dataset_a
         cfg = self.config
         self.cache_latents(name, source)
-        fingerprint = repr((cfg.route.route, name, cfg.network, cfg.optim, cfg.loop, cfg.loss, dataset))
+        # settings as trained: a default spelt out (weight decay None or 0.01 for AdamW) resumes the same run
+        optim = dataclasses.replace(cfg.optim, weight_decay=cfg.optim.effective_weight_decay)
+        fingerprint = repr((cfg.route.route, name, cfg.network, optim, cfg.loop, cfg.loss, dataset))
         job = PhaseJob(name=name, host=self.host, network=network, source=source, config=cfg,
                        callbacks=self.callbacks, control=self.control,
                        save_lora=lambda net, extra, step: self.save_partial(net, name, source, suffix + extra, step),
