@@ -147,6 +147,9 @@ ENGINE_CASES = [
     (b'{"name": "run", "dataset_a": "a", "optim": {"learning_rate": Infinity}}', r"learning_rate"),
     (b'{"name": "run", "dataset_a": "a", "optim": {"text_encoder_lr": "nan"}}', r"text_encoder_lr"),
     (b'{"name": "run", "dataset_a": "a", "network": {"rank": 1e20}}', r"rank"),
+    (b'{"name": "run", "dataset_a": "a", "output": {"training_comment": "a\\u0000b"}}', r"training_comment"),
+    (b'{"name": "run", "dataset_a": "a", "output": {"training_comment": ["a"]}}', r"training_comment"),
+    (b'{"name": "run", "dataset_a": "a", "output": {"training_comment": "' + b"x" * 1001 + b'"}}', r"training_comment"),
     (b'{"name": "run", "dataset_a": "a", "dataset": {"resolution": "60000", "enable_bucket": false}}',
      r"resolution"),
 ]

@@ -37,6 +37,8 @@ SETTINGS = (
     _family("--learning_rate", NON_FINITE + ["0", "-1", "1e20"], "learning_rate")
     + _family("--text_encoder_lr", NON_FINITE + ["-1e-4"], "text_encoder_lr")
     + _family("--weight_decay", NON_FINITE + ["-0.01", "11"], "weight_decay")
+    + _family("--training_comment", ["a\x00b", "esc\x1b[2J", "bell\x07", "x" * 1001, "sep\u2028arator"],
+              "training_comment")
     + _family("--network_alpha", NON_FINITE + ["-1", "1e20"], "alpha")
     + _family("--network_dim", ["0", "-1", "100000"], "rank")
     + _family("--network_dim", ["1e20", "abc", "nan", "1.5"], "--network_dim")

@@ -87,6 +87,7 @@ class DiffusersHost:
         self.device = next(unet.parameters()).device
         self.dtype = next(unet.parameters()).dtype
         self._stop = threading.Event()
+        self.model_name: Optional[str] = None  # set by load(): the model's file or folder name
         for model in self._models().values():
             model.requires_grad_(False)
             model.eval()
@@ -111,6 +112,7 @@ class DiffusersHost:
 
         pipe = load_pipeline(Path(model), dtype, None if config_dir is None else Path(config_dir))
         host = cls.from_pipeline(pipe, family, prediction)
+        host.model_name = Path(model).name
         host.to(device)
         return host
 

@@ -266,6 +266,11 @@ class ImageDataset:
         """Samples of an epoch (regularisation included) in each bucket."""
         return Counter(self.records[i].bucket for i in self._samples)
 
+    def used_records(self) -> list[ImageRecord]:
+        """The records an epoch draws from, each once: every training image and the regularisation images the
+        cycling reaches (the rest of a large regularisation set is never used)."""
+        return [self.records[i] for i in sorted(set(self._samples))]
+
     def one_batch_shape(self) -> bool:
         """Whether every batch of every epoch has one shape: one bucket, and no smaller last batch beside full ones
         (what CUDA graphs and skipping dynamo's guards need)."""

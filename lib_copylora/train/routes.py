@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator, NamedTuple, Optional
+from pathlib import Path, PureWindowsPath
+from typing import Any, Iterator, NamedTuple, Optional
 
 import torch
 
@@ -36,10 +37,11 @@ from ..core.metadata import read_recipe
 from .callbacks import Callbacks, TrainControl
 from .checkpoint import save_state, state_path
 from .config import Route, TrainConfig
+from .dataset import ImageDataset
 from .errors import TrainConfigError
 from .host import Component, Prediction, TrainingHost
 from .loop import BatchSource, PhaseJob, PhaseResult, finished_state, run_phase, steps_per_epoch
-from .metadata import RunFacts, with_training_metadata
+from .metadata import RunFacts, dataset_facts, with_training_metadata
 from .network import LoraNetwork
 from .optim import build_optimizer, optimizer_name
 from .speedups import host_speedups
@@ -150,6 +152,30 @@ def _num_train_images(source: BatchSource) -> Optional[int]:
     return summary().samples_per_epoch if callable(summary) else None
 
 
+def _image_dataset(source: BatchSource) -> Optional[ImageDataset]:
+    """The ImageDataset behind a source: the source itself, or the one a data-parallel ShardedSource
+    (hosts/data_parallel.py, which the CLI always uses) shares out as `.dataset`; None for other sources."""
+    for candidate in (source, getattr(source, "dataset", None)):
+        if isinstance(candidate, ImageDataset):
+            return candidate
+    return None
+
+
+def _world_size(source: BatchSource) -> int:
+    """Data-parallel processes: a ShardedSource knows them (`.parallel.world_size`); any other source is alone."""
+    size = getattr(getattr(source, "parallel", None), "world_size", 1)
+    return size if isinstance(size, int) and size > 0 else 1
+
+
+def _base_model_name(host: Any) -> Optional[str]:
+    """The base model's file name for `ss_sd_model_name`, never its path (kohya keeps only the basename). The host
+    protocol does not require one: a host that knows its checkpoint may offer `model_name` (a path or a name)."""
+    name = getattr(host, "model_name", None)
+    if not isinstance(name, str) or not name.strip():
+        return None
+    return PureWindowsPath(name.strip()).name or None  # a Windows path splits on both / and \
+
+
 class _Run:
     """What the phases of one route share: host, settings, the files written so far."""
 
@@ -159,6 +185,8 @@ class _Run:
         self.callbacks = callbacks or Callbacks()
         self.control = control or TrainControl()
         self.started_at = time.time()
+        # kohya's ss_session_id: one random number per run, drawn without touching the seeded generators
+        self.session_id = random.SystemRandom().randint(0, 2**32)
         self.written: list[Path] = []
         self.jobs: dict[str, PhaseJob] = {}  # each phase begun, by name
         components = {Component.UNET} | ({Component.TEXT_ENCODER} if config.network.train_text_encoder else set())
@@ -222,12 +250,20 @@ class _Run:
                 self.callbacks.log(f"{name}: cached the latents of {encoded} image{'' if encoded == 1 else 's'}")
 
     def facts(self, phases: dict[str, PhaseResult], source: BatchSource) -> RunFacts:
-        steps = list(phases.values())[-1].steps
-        per_epoch = steps_per_epoch(source.batches_per_epoch(), self.config.loop.gradient_accumulation_steps)
+        """The facts of a file trained last by the final phase of `phases` on `source`: a file describes the set of
+        its last phase (B for the copier's and the difference's results; train/metadata.py says why)."""
+        last = list(phases)[-1]
+        steps = phases[last].steps
+        batches = source.batches_per_epoch()
+        per_epoch = steps_per_epoch(batches, self.config.loop.gradient_accumulation_steps)
         epochs = math.ceil(steps / per_epoch)
         v_prediction = self.host.noise_schedule().prediction is Prediction.V
+        dataset = self.config.dataset_b if last == "B" else self.config.dataset_a
+        scanned = _image_dataset(source)
         return RunFacts(self.started_at, time.time(), steps, epochs, self.optimizer, _num_train_images(source),
-                        v_prediction)
+                        v_prediction, session_id=self.session_id, dataset=dataset,
+                        data=dataset_facts(scanned) if scanned is not None else None, batches_per_epoch=batches,
+                        world_size=_world_size(source), sd_model_name=_base_model_name(self.host))
 
     def save_partial(self, network: LoraNetwork, phase: str, source: BatchSource, suffix: str, step: int) -> Path:
         """An intermediate save (every n steps/epochs, or on stop-and-save) of the network being trained."""

@@ -197,6 +197,7 @@ class ForgeHost:
         self.device = torch.device(self.objects.unet.load_device)
         self.dtype = self.kmodel.computation_dtype
         self.notes: list[str] = []
+        self.model_name = getattr(getattr(sd_model, "sd_checkpoint_info", None), "filename", None)  # ss_sd_model_name
         self._forwards = forwards
         self._interrupted = interrupted
 

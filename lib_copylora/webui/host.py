@@ -69,6 +69,7 @@ class WebUIHost:
         self.device = torch.device(device)
         self.dtype = next(sd_model.model.diffusion_model.parameters()).dtype
         self.notes: list[str] = []
+        self.model_name = getattr(getattr(sd_model, "sd_checkpoint_info", None), "filename", None)  # ss_sd_model_name
         self._forwards = forwards
         self._interrupted = interrupted
         self._clip_skip_setting = clip_skip_setting  # a context manager factory: the WebUI reads its option

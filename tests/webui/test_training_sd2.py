@@ -53,4 +53,6 @@ def test_a_single_run_on_sd2_saves_an_sd2_lora_and_leaves_the_model_as_it_was(we
     assert metadata["ss_clip_skip"] == "2"
     assert (metadata["ss_v2"], metadata["ss_base_model_version"]) == ("True", "sd_v2")
     assert metadata["ss_v_parameterization"] == "True"  # trained against the v target the v config sets
+    # the base checkpoint's file name, never its path (kohya's ss_sd_model_name)
+    assert metadata["ss_sd_model_name"] == Path(webui.loaded_checkpoint()["filename"]).name
     assert any("proj_in" in k for k in keys) and any(k.startswith("lora_unet_") for k in keys)
