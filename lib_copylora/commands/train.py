@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from .kohya_flags import add_kohya_flags, apply_kohya_flags
 from .train_flags import add_config_flags, build_section, dataset_config, section_values
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -31,8 +32,9 @@ def add_parser(subparsers) -> None:
         "train", help="train a LoRA, or a copy-machine pair (copier or difference route)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("model and images")
-    data.add_argument("--model", required=True, type=Path,
-                      help="a diffusers model folder, or a single-file .safetensors/.ckpt checkpoint")
+    data.add_argument("--model", type=Path, default=None,
+                      help="a diffusers model folder, or a single-file .safetensors/.ckpt checkpoint (kohya: "
+                           "--pretrained_model_name_or_path)")
     data.add_argument("--model-config", "--model_config", dest="model_config", type=Path, default=None,
                       help="for single-file checkpoints: a diffusers folder of the same architecture (its configs; "
                            "nothing is downloaded)")
@@ -51,6 +53,7 @@ def add_parser(subparsers) -> None:
     data.add_argument("--log_every", type=int, default=0,
                       help="print every n-th step (default: about 20 lines per phase)")
     add_config_flags(parser)
+    add_kohya_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -75,6 +78,7 @@ def build_train_config(args, output_dir: Optional[Path] = None):
     """The TrainConfig the command line describes (`output_dir` replaces the output folder, for helper ranks)."""
     from ..train.config import TrainConfig
 
+    apply_kohya_flags(args)  # kohya's spellings onto our settings, once; refuses what CopyLoRA does not do
     route, data_a, data_b = _route_and_data(args)
     seed = section_values(args, "loop").get("seed")
     output_extra = {"output_dir": output_dir} if output_dir is not None else {}

@@ -27,12 +27,12 @@ SECTIONS: dict[str, type] = {
 
 # (section, field) -> option strings; the first is the one `--help` leads with. Fields not listed get `--<field>`.
 KOHYA_NAMES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("network", "kind"): ("--network_module", "--algo"),
+    ("network", "kind"): ("--algo",),  # --network_module (with kohya's module names too): kohya_flags.py
     ("network", "rank"): ("--network_dim",),
     ("network", "alpha"): ("--network_alpha",),
     ("network", "conv_rank"): ("--conv_dim",),
     ("optim", "optimizer"): ("--optimizer_type",),
-    ("optim", "learning_rate"): ("--learning_rate", "--unet_lr"),
+    ("optim", "learning_rate"): ("--learning_rate",),  # --unet_lr: kohya_flags.py
     ("optim", "scheduler"): ("--lr_scheduler",),
     ("optim", "warmup_steps"): ("--lr_warmup_steps",),
     ("optim", "num_cycles"): ("--lr_scheduler_num_cycles",),
@@ -67,6 +67,18 @@ def _plain_type(hint: Any) -> Any:
     return hint
 
 
+def _int_or_share(text: str) -> "int | float":
+    """kohya's --lr_warmup_steps: a number of steps, or a float below 1 for a share of them (kohya_flags.py)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)  # argparse turns a ValueError into its one-line refusal
+
+
+# fields whose flag reads values differently from the field's type
+TYPE_OVERRIDES = {("optim", "warmup_steps"): _int_or_share}
+
+
 def _argument_spec(hint: Any) -> dict:
     kind = _plain_type(hint)
     if kind is bool:
@@ -76,7 +88,8 @@ def _argument_spec(hint: Any) -> dict:
         if {"fp32", "fp16", "bf16"} <= set(values):
             # kohya's spellings ("no", "float") are accepted too
             return {"type": lambda v: PRECISION_ALIASES.get(v, v), "choices": values, "metavar": "{fp32,fp16,bf16}"}
-        return {"choices": values}
+        # kohya spells optimisers in any case (AdamW8bit, Lion)
+        return {"type": lambda v: v.lower() if v.lower() in values else v, "choices": values}
     origin = typing.get_origin(kind)
     if origin is tuple:
         args = typing.get_args(kind)
@@ -111,6 +124,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 continue
             names = KOHYA_NAMES.get((section, field.name), (f"--{field.name}",))
             spec = _argument_spec(hints[field.name])
+            if (section, field.name) in TYPE_OVERRIDES:
+                spec["type"] = TYPE_OVERRIDES[(section, field.name)]
             help_text = field.metadata.get("help", "") + _default_text(field)
             group.add_argument(*names, dest=_dest(section, field.name), default=None, help=help_text, **spec)
 
