@@ -131,6 +131,26 @@ def test_previews_share_their_noise_with_and_without_the_lora(tmp_path):
     assert 0.0 <= float(late.with_lora.min()) and float(late.with_lora.max()) <= 1.0
 
 
+@pytest.mark.parametrize("every_steps, every_epochs, want", [(0, 1, [2, 4, 6]), (4, 1, [2, 4, 6]), (0, 2, [4, 6]),
+                                                             (3, 2, [3, 4, 6]), (0, 0, [6])])
+def test_previews_every_n_epochs_render_at_epoch_ends_once(tmp_path, every_steps, every_epochs, want):
+    """4 images in batches of 2: an epoch is 2 steps. A step that is both an epoch's end and a step preview renders
+    once; the phase's end renders once, never a second time for its last epoch."""
+    from lib_copylora.train.config import SampleConfig
+    from lib_copylora.train.routes import train_single
+
+    steps = []
+    config = TrainConfig(network=NetworkConfig(rank=2), optim=OptimConfig(learning_rate=0.05),
+                         loop=LoopConfig(max_steps=6),
+                         sample=SampleConfig(prompts=("red shirt",), every_n_steps=every_steps,
+                                             every_n_epochs=every_epochs, steps=2),
+                         output=OutputConfig(output_dir=tmp_path, output_name="p"))
+    latents = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    train_single(ToyHost(), config, ToySource(latents, 2, ["red shirt"] * 4),
+                 Callbacks(on_sample=lambda step, samples: steps.append(step)))
+    assert steps == want
+
+
 class _AutocastWitness(ToyHost):
     """Notes whether autocast is on when the host denoises and when it decodes."""
 

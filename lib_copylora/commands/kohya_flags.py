@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from ..train.errors import TrainConfigError
 from .kohya_args import NATIVE_KINDS, network_fields, optimizer_fields, split_pairs
+from .kohya_samples import read_sample_prompts
 from .kohya_table import FLAG, NOTED, REFUSED, VALUE, VALUES
 from .train_flags import _dest
 
@@ -27,7 +28,7 @@ MAPPED = {
     "pretrained_model_name_or_path": VALUE, "train_data_dir": VALUE, "v2": FLAG, "sdxl": FLAG,
     "network_module": VALUE, "network_args": VALUES, "optimizer_args": VALUES, "unet_lr": VALUE,
     "network_train_unet_only": FLAG, "use_8bit_adam": FLAG, "use_lion_optimizer": FLAG,
-    "caption_extention": VALUE, "save_state_on_train_end": FLAG, "torch_compile": FLAG,
+    "caption_extention": VALUE, "save_state_on_train_end": FLAG, "torch_compile": FLAG, "sample_prompts": VALUE,
 }
 # the settings kohya's train_network.py takes when its command line leaves them out, where ours differ
 KOHYA_DEFAULTS = (
@@ -63,7 +64,8 @@ def add_kohya_flags(parser: argparse.ArgumentParser) -> None:
              "unet_lr": "learning rate of the UNet modules (over --learning_rate, which the text encoder keeps)",
              "network_train_unet_only": "train the UNet only", "use_8bit_adam": "--optimizer_type adamw8bit",
              "use_lion_optimizer": "--optimizer_type lion", "caption_extention": "--caption_extension",
-             "save_state_on_train_end": "--save_state", "torch_compile": "--compile unet"}
+             "save_state_on_train_end": "--save_state", "torch_compile": "--compile unet",
+             "sample_prompts": "a kohya prompt file: one preview prompt per line (--s steps, --l scale, --d seed)"}
     for name, arity in MAPPED.items():
         _add(mapped, name, arity, helps[name])
     other = parser.add_argument_group("kohya flags noted or refused", "see docs/cli.md, 'kohya command lines'")
@@ -204,6 +206,20 @@ def _map_rest(args, notes: list[str]) -> None:
         notes.append("--save_state_on_train_end: a resume state is written at the end and beside every save")
     if _given(args, "torch_compile"):
         _set(args, "speed", "compile", "unet", "--torch_compile")
+    _map_sample_prompts(args, notes)
+
+
+def _map_sample_prompts(args, notes: list[str]) -> None:
+    given = _given(args, "sample_prompts")
+    if given is None:
+        return
+    if getattr(args, _dest("sample", "prompts"), None):
+        raise TrainConfigError("give the preview prompts once: --sample_prompt TEXT or --sample_prompts FILE")
+    prompts, settings, more = read_sample_prompts(Path(given))
+    setattr(args, _dest("sample", "prompts"), prompts)
+    for field, value in settings.items():
+        _set(args, "sample", field, value, f"--sample_prompts {given}")
+    notes.extend(more)
 
 
 def _kohya_defaults(args, notes: list[str]) -> None:

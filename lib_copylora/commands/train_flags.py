@@ -41,6 +41,7 @@ KOHYA_NAMES: dict[tuple[str, str], tuple[str, ...]] = {
     ("loop", "precision"): ("--mixed_precision",),
     ("sample", "prompts"): ("--sample_prompt",),
     ("sample", "every_n_steps"): ("--sample_every_n_steps",),
+    ("sample", "every_n_epochs"): ("--sample_every_n_epochs",),
     ("sample", "steps"): ("--sample_steps",),
     ("sample", "guidance_scale"): ("--sample_guidance_scale",),
     ("sample", "seed"): ("--sample_seed",),

@@ -233,6 +233,7 @@ class LossConfig:
 class SampleConfig:
     prompts: tuple[str, ...] = _help("preview prompts; empty = no previews", default=())
     every_n_steps: int = _help("render previews every n optimizer steps; 0 = only at the end", default=0)
+    every_n_epochs: int = _help("also render previews at the end of every n-th epoch; 0 = off", default=0)
     steps: int = _help("DDIM steps per preview", default=20)
     guidance_scale: float = _help("classifier-free guidance scale of previews", default=7.0)
     seed: int = _help("seed of the preview noise (the same with and without the LoRA)", default=0)
@@ -243,6 +244,7 @@ class SampleConfig:
             raise TrainConfigError(f"prompts must be a list of texts, not {self.prompts!r}")
         object.__setattr__(self, "prompts", tuple(prompts))
         _whole(self, "every_n_steps", allow_zero=True)
+        _whole(self, "every_n_epochs", allow_zero=True)
         _whole(self, "steps", upper=1000)
         _positive("guidance_scale", self.guidance_scale, allow_zero=True, upper=100.0)
         _seed(self)

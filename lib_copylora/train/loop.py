@@ -147,12 +147,9 @@ class _Phase:
                     return PhaseResult(p.step, self.total, p.losses, True)
                 break
             p.epoch, p.position = p.epoch + 1, 0
-            every = cfg.output.save_every_n_epochs
-            if every and p.epoch % every == 0 and p.step < self.total:
-                self.save(f"-{p.epoch:06d}", with_state=True)
+            self.after_epoch()
         self.losses.flush()
-        every = cfg.sample.every_n_steps
-        if cfg.sample.prompts and not (every and p.step % every == 0):  # else after_step just rendered them
+        if cfg.sample.prompts and not self.previewed_at_step(p.step):  # else after_step just rendered them
             self.preview()
         if cfg.output.save_state:
             save_state(job.state_file, self.state(finished=True))
@@ -175,6 +172,22 @@ class _Phase:
         self.losses.end_step(p.step, lr)
         return self.after_step() or p.step >= self.total
 
+    def after_epoch(self) -> None:
+        """Saves and previews every n epochs (none once the last step is done: the phase's end does both)."""
+        cfg, p = self.cfg, self.progress
+        if p.step >= self.total:
+            return
+        every = cfg.output.save_every_n_epochs
+        if every and p.epoch % every == 0:
+            self.save(f"-{p.epoch:06d}", with_state=True)
+        every = cfg.sample.every_n_epochs
+        if cfg.sample.prompts and every and p.epoch % every == 0 and not self.previewed_at_step(p.step):
+            self.preview()
+
+    def previewed_at_step(self, step: int) -> bool:
+        every = self.cfg.sample.every_n_steps
+        return bool(self.cfg.sample.prompts and every and step % every == 0)
+
     def after_step(self) -> bool:
         """Periodic saves and previews; True when training must stop now."""
         job, cfg, step = self.job, self.cfg, self.progress.step
@@ -186,7 +199,7 @@ class _Phase:
             return True
         if step < self.total and cfg.output.save_every_n_steps and step % cfg.output.save_every_n_steps == 0:
             self.save(f"-step{step:08d}", with_state=cfg.output.save_state)
-        if cfg.sample.prompts and cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0:
+        if self.previewed_at_step(step):
             self.preview()
         return False
 
