@@ -236,3 +236,21 @@ def test_a_kohya_line_trains_the_text_encoder_as_kohya_does(workspace, capsys):
     names = set(lora.layers)
     assert any(n.startswith("lora_te_") for n in names) and any("resnets" in n for n in names)
     assert lora.metadata["ss_network_dim"] == "2"
+
+
+def test_sdxl_two_text_encoder_rates_are_one_rate_when_equal():
+    config, _ = parse("--model", "m", "--data", "d", "--text_encoder_lr", "1e-5", "1e-5")
+    assert config.optim.text_encoder_lr == 1e-5
+    config, _ = parse("--model", "m", "--data", "d", "--text_encoder_lr", "2e-5")
+    assert config.optim.text_encoder_lr == 2e-5
+    config, _ = parse("--model", "m", "--data", "d", "--resume")
+    assert config.output.resume is True
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--text_encoder_lr", "1e-5", "2e-5"], "one rate"), (["--text_encoder_lr", "1e-5", "1e-5", "1e-5"], "one rate"),
+    (["--text_encoder_lr", "nan"], "text_encoder_lr"), (["--text_encoder_lr", "1e-5", "abc"], "--text_encoder_lr"),
+    (["--resume", "out/last-state"], "--resume alone")])
+def test_kohya_forms_we_cannot_honour_are_one_line(workspace, capsys, flags, expected):
+    root, data = workspace
+    assert_refused(root, kohya_argv(root, data, *flags), capsys, expected)

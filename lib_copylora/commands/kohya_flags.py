@@ -108,6 +108,7 @@ def apply_kohya_flags(args: argparse.Namespace, note: Optional[Callable[[str], N
         value = _given(args, name)
         if value is not None and not (entry.arity != FLAG and _shown(value) in entry.neutral):
             notes.append(f"--{name} is not needed: {entry.text}")
+    _map_forms(args)
     _map_model_and_data(args)
     _map_network(args)
     _map_rest(args, notes)
@@ -118,6 +119,21 @@ def apply_kohya_flags(args: argparse.Namespace, note: Optional[Callable[[str], N
     for line in notes:
         (note or (lambda text: print(f"note: {text}", file=sys.stderr)))(line)
     return notes
+
+
+def _map_forms(args) -> None:
+    """kohya's forms of our own flags (train_flags.SPEC_OVERRIDES) as our fields' values."""
+    rates = getattr(args, _dest("optim", "text_encoder_lr"), None)
+    if isinstance(rates, list):
+        if len(set(rates)) > 1 or len(rates) > 2:
+            raise TrainConfigError(f"--text_encoder_lr {' '.join(map(str, rates))}: CopyLoRA trains SDXL's two text "
+                                   "encoders at one rate: give one value")
+        setattr(args, _dest("optim", "text_encoder_lr"), rates[0])
+    resume = getattr(args, _dest("output", "resume"), None)
+    if isinstance(resume, str):
+        raise TrainConfigError(f"--resume {resume[:60]}: CopyLoRA cannot read kohya's (accelerate's) state folders; "
+                               "it continues its own runs from the .trainstate beside the output: give --resume "
+                               "alone")
 
 
 def _map_model_and_data(args) -> None:

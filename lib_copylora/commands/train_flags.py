@@ -76,8 +76,13 @@ def _int_or_share(text: str) -> "int | float":
         return float(text)  # argparse turns a ValueError into its one-line refusal
 
 
-# fields whose flag reads values differently from the field's type
-TYPE_OVERRIDES = {("optim", "warmup_steps"): _int_or_share}
+# fields whose flag reads values as kohya's does, differently from the field's type (kohya_flags.py turns them into
+# the field's value): a share of the steps, SDXL's two text-encoder rates, `--resume` with kohya's state folder
+SPEC_OVERRIDES: dict[tuple[str, str], dict] = {
+    ("optim", "warmup_steps"): {"type": _int_or_share, "metavar": "N"},
+    ("optim", "text_encoder_lr"): {"type": float, "nargs": "+", "metavar": "X"},
+    ("output", "resume"): {"nargs": "?", "const": True, "metavar": "STATE"},
+}
 
 
 def _argument_spec(hint: Any) -> dict:
@@ -124,9 +129,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             if (section, field.name) in NOT_FLAGS:
                 continue
             names = KOHYA_NAMES.get((section, field.name), (f"--{field.name}",))
-            spec = _argument_spec(hints[field.name])
-            if (section, field.name) in TYPE_OVERRIDES:
-                spec["type"] = TYPE_OVERRIDES[(section, field.name)]
+            spec = SPEC_OVERRIDES.get((section, field.name)) or _argument_spec(hints[field.name])
             help_text = field.metadata.get("help", "") + _default_text(field)
             group.add_argument(*names, dest=_dest(section, field.name), default=None, help=help_text, **spec)
 
