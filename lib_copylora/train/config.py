@@ -250,26 +250,6 @@ class SampleConfig:
         _seed(self)
 
 
-MAX_COMMENT_CHARS = 1000
-
-
-def _comment(value) -> Optional[str]:
-    """A training comment as saved: trimmed, None when blank; text of at most MAX_COMMENT_CHARS characters whose
-    only control characters are line breaks and tabs."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TrainConfigError(f"training_comment {value!r} is not text")
-    text = value.strip()
-    if len(text) > MAX_COMMENT_CHARS:
-        raise TrainConfigError(f"training_comment is too long ({len(text)} characters; at most {MAX_COMMENT_CHARS})")
-    odd = next((c for c in text if not c.isprintable() and c not in "\n\t"), None)
-    if odd is not None:
-        raise TrainConfigError(f"training_comment has an unprintable character ({odd!r}): write plain text (line "
-                               "breaks and tabs are fine)")
-    return text or None
-
-
 @dataclass(frozen=True)
 class OutputConfig:
     output_dir: Path = _help("folder the LoRA (and its resume state) is written to", default=Path("."))
@@ -295,7 +275,7 @@ class OutputConfig:
         if problem:
             raise TrainConfigError(f"output_name: {problem}")
         object.__setattr__(self, "output_name", name)
-        object.__setattr__(self, "training_comment", _comment(self.training_comment))
+        object.__setattr__(self, "training_comment", _checks.note("training_comment", self.training_comment))
         _whole(self, "save_every_n_steps", allow_zero=True)
         _whole(self, "save_every_n_epochs", allow_zero=True)
 

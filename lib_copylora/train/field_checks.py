@@ -14,6 +14,7 @@ from typing import Optional
 
 MAX_STEPS = 10_000_000  # far above any real run; a typo such as 1e20 steps would never end
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+MAX_NOTE_CHARS = 1000  # a free-text note kept in a file's metadata
 
 
 def _shown(value) -> str:
@@ -59,6 +60,22 @@ class FieldChecks:
 
     def seed(self, config, name: str = "seed") -> None:
         self.whole(config, name, lower=-MAX_SEED, upper=MAX_SEED)
+
+    def note(self, name: str, value) -> Optional[str]:
+        """Free text as kept: trimmed, None when blank; at most MAX_NOTE_CHARS characters whose only control
+        characters are line breaks and tabs."""
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self.error(f"{name} {value!r} is not text")
+        text = value.strip()
+        if len(text) > MAX_NOTE_CHARS:
+            raise self.error(f"{name} is too long ({len(text)} characters; at most {MAX_NOTE_CHARS})")
+        odd = next((c for c in text if not c.isprintable() and c not in "\n\t"), None)
+        if odd is not None:
+            raise self.error(f"{name} has an unprintable character ({odd!r}): write plain text (line breaks and "
+                             "tabs are fine)")
+        return text or None
 
     def flags(self, config) -> None:
         """Every `bool` field holds a bool: "no" or 0 from a form or a JSON body must not pass as a choice."""
