@@ -190,6 +190,14 @@ class Sd2Checkpoint(NamedTuple):  # also the SDXL fixture's value
     sha256: str
 
 
+def fresh_server(webui) -> None:
+    """Restart the server before a module that switches to a large checkpoint. A1111 builds the new model while the
+    old one and the new state dict are still held, and switches back the same way (about 13 GiB for SD2 in fp32 on
+    a fresh server); after the rest of the tier the server had grown to about 20 GiB, and the switch back was
+    killed for memory on a 24 GB machine (2026-12)."""
+    webui.restart()
+
+
 @pytest.fixture(scope="module")
 def sd2_checkpoint(webui, webui_settings) -> Iterator[Sd2Checkpoint]:
     """Our random SD2-768-v checkpoint, listed by the running server (linked into its models/Stable-diffusion for
@@ -197,6 +205,7 @@ def sd2_checkpoint(webui, webui_settings) -> Iterator[Sd2Checkpoint]:
     reads. Only for a server this run started: it needs the WebUI tree."""
     if webui.server is None:
         pytest.skip("the SD2 fixture needs a WebUI this run started (COPYLORA_WEBUI_DIR), not COPYLORA_WEBUI_URL")
+    fresh_server(webui)
     forge = is_forge_tree(webui_settings.webui_dir)
     v_config = None if forge else webui_settings.webui_dir.joinpath(*SD2_V_CONFIG)
     if v_config is not None and not v_config.is_file():
@@ -236,6 +245,7 @@ def sdxl_checkpoint(webui, webui_settings) -> Iterator[Sd2Checkpoint]:
     Only for a server this run started."""
     if webui.server is None:
         pytest.skip("the SDXL fixture needs a WebUI this run started (COPYLORA_WEBUI_DIR), not COPYLORA_WEBUI_URL")
+    fresh_server(webui)
     if not is_forge_tree(webui_settings.webui_dir) and not webui_settings.webui_dir.joinpath(*SDXL_CONFIG).is_file():
         pytest.skip("this WebUI tree has no generative-models repository; it cannot load an SDXL checkpoint")
     checkpoint, digest = ensure_sdxl_checkpoint(webui_settings.cache_dir)
