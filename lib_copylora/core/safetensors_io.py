@@ -46,7 +46,7 @@ _ITEMSIZE = {name: torch.empty((), dtype=dtype).element_size() for name, dtype i
 _LAYOUT_RANK = {name: rank for rank, (name, _) in enumerate(_DTYPES)}
 
 _MAX_HEADER = 100 * 1024 * 1024  # the library's own limit; a larger length means a corrupt file
-_LEGACY_OFFSET, _LEGACY_SIZE = 0x100000, 0x10000
+LEGACY_OFFSET, LEGACY_SIZE = 0x100000, 0x10000  # the old WebUI hash's window: 64 KiB read at 1 MiB
 
 
 def _fail(path: PathLike, reason: str) -> FormatError:
@@ -193,7 +193,7 @@ def payload_sha256(data: bytes) -> str:
 
 def legacy_hash(data: bytes) -> str:
     """additional-networks' old hash: the first 8 hex digits of sha256 of 64 KiB read at offset 1 MiB."""
-    return hashlib.sha256(data[_LEGACY_OFFSET:_LEGACY_OFFSET + _LEGACY_SIZE]).hexdigest()[:8]
+    return hashlib.sha256(data[LEGACY_OFFSET:LEGACY_OFFSET + LEGACY_SIZE]).hexdigest()[:8]
 
 
 def kohya_hashes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from ..core.family import Family
+from ..core.model_hashes import ModelHashes, file_hashes
 from ..core.naming import kohya_name, kohya_unet_name
 from ..train.errors import TrainingError
 from ..train.host import Component, NoiseSchedule, Prediction, TargetModule, transformer_blocks
@@ -88,6 +89,7 @@ class DiffusersHost:
         self.dtype = next(unet.parameters()).dtype
         self._stop = threading.Event()
         self.model_name: Optional[str] = None  # set by load(): the model's file or folder name
+        self.model_path: Optional[Path] = None  # set by load(): what it loaded, for the checkpoint's hashes
         for model in self._models().values():
             model.requires_grad_(False)
             model.eval()
@@ -112,9 +114,14 @@ class DiffusersHost:
 
         pipe = load_pipeline(Path(model), dtype, None if config_dir is None else Path(config_dir))
         host = cls.from_pipeline(pipe, family, prediction)
-        host.model_name = Path(model).name
+        host.model_name, host.model_path = Path(model).name, Path(model)
         host.to(device)
         return host
+
+    def model_hashes(self) -> ModelHashes:
+        """A single-file checkpoint's hashes (ss_sd_model_hash, ss_new_sd_model_hash), read from the file; a
+        model folder has none."""
+        return file_hashes(self.model_path) if self.model_path is not None else ModelHashes()
 
     def to(self, device: "str | torch.device") -> "DiffusersHost":
         for model in self._models().values():

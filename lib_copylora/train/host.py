@@ -58,7 +58,9 @@ class TrainingHost(Protocol):
     family: Family
     device: torch.device
     dtype: torch.dtype  # the dtype the base weights are held in
-    # optional: `model_name`, the base checkpoint's file name or path, for ss_sd_model_name (only its name is kept)
+    # optional: `model_name`, the base checkpoint's file name or path, for ss_sd_model_name (only its name is kept);
+    # `model_hashes()`, a core.model_hashes.ModelHashes of that checkpoint, for ss_sd_model_hash and
+    # ss_new_sd_model_hash (asked once per run, at its first save)
 
     def target_modules(self, components: set[Component]) -> list[TargetModule]:
         """Every Linear/Conv2d LoRA may attach to in those components (kohya's default targets:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from ..core.lorafile import LoraFile
 from ..core.metadata import standard_metadata, with_recipe
+from ..core.model_hashes import ModelHashes
 from .config import TrainConfig
 from .data_config import DatasetConfig
 
@@ -62,6 +63,7 @@ class RunFacts(NamedTuple):
     batches_per_epoch: Optional[int] = None  # batches each process takes per epoch
     world_size: int = 1  # data-parallel processes
     sd_model_name: Optional[str] = None  # the base model's file name (never its path), when the host says it
+    model_hashes: ModelHashes = ModelHashes()  # the base checkpoint's hashes, those the host knows
 
 
 # Keys kohya's train_network.py writes in every file, for features CopyLoRA does not have: their value when off
@@ -164,6 +166,7 @@ def training_metadata(lora: LoraFile, config: TrainConfig, facts: RunFacts) -> d
         metadata.update(_dataset_contents(facts.data))
     if facts.sd_model_name:
         metadata["ss_sd_model_name"] = facts.sd_model_name
+    metadata.update(facts.model_hashes.metadata())
     return metadata
 
 

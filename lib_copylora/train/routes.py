@@ -34,6 +34,7 @@ from ..core.lorafile import LoraFile
 from ..core.merge import merge_loras
 from .dora import TrainingBase
 from ..core.metadata import read_recipe
+from ..core.model_hashes import ModelHashes, checked_hashes
 from .callbacks import Callbacks, TrainControl
 from .checkpoint import save_state, state_path
 from .config import Route, TrainConfig
@@ -176,6 +177,15 @@ def _base_model_name(host: Any) -> Optional[str]:
     return PureWindowsPath(name.strip()).name or None  # a Windows path splits on both / and \
 
 
+def _base_model_hashes(host: Any) -> ModelHashes:
+    """What the host knows of its checkpoint's hashes (optional in the host protocol), each checked for its form."""
+    read = getattr(host, "model_hashes", None)
+    hashes = read() if callable(read) else None
+    if not isinstance(hashes, tuple) or len(hashes) != 2:
+        return ModelHashes()
+    return checked_hashes(*hashes)
+
+
 class _Run:
     """What the phases of one route share: host, settings, the files written so far."""
 
@@ -188,6 +198,7 @@ class _Run:
         # kohya's ss_session_id: one random number per run, drawn without touching the seeded generators
         self.session_id = random.SystemRandom().randint(0, 2**32)
         self.written: list[Path] = []
+        self._model_hashes: Optional[ModelHashes] = None
         self.jobs: dict[str, PhaseJob] = {}  # each phase begun, by name
         components = {Component.UNET} | ({Component.TEXT_ENCODER} if config.network.train_text_encoder else set())
         self.targets = host.target_modules(components)
@@ -263,7 +274,15 @@ class _Run:
         return RunFacts(self.started_at, time.time(), steps, epochs, self.optimizer, _num_train_images(source),
                         v_prediction, session_id=self.session_id, dataset=dataset,
                         data=dataset_facts(scanned) if scanned is not None else None, batches_per_epoch=batches,
-                        world_size=_world_size(source), sd_model_name=_base_model_name(self.host))
+                        world_size=_world_size(source), sd_model_name=_base_model_name(self.host),
+                        model_hashes=self.model_hashes())
+
+    def model_hashes(self) -> ModelHashes:
+        """The base checkpoint's hashes, asked of the host at the run's first save and kept (hashing a whole
+        checkpoint file reads gigabytes)."""
+        if self._model_hashes is None:
+            self._model_hashes = _base_model_hashes(self.host)
+        return self._model_hashes
 
     def save_partial(self, network: LoraNetwork, phase: str, source: BatchSource, suffix: str, step: int) -> Path:
         """An intermediate save (every n steps/epochs, or on stop-and-save) of the network being trained."""

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from ..core.errors import CopyLoraError
 from ..core.family import Family
+from ..core.model_hashes import ModelHashes, checked_hashes
 
 SUPPORTED = "SD1, SD2 or SDXL"
 # The WebUI (v1.8+) and Forge both say which family a loaded model is by these flags; the first one set wins.
@@ -137,6 +138,18 @@ def model_family(sd_model) -> Family:
     kind = next((name for flag, name in OTHER_KINDS if getattr(sd_model, flag, False)), None)
     shown = kind or type(sd_model).__name__
     raise UnsupportedModel(f"unsupported model: the loaded checkpoint is {shown}; CopyLoRA knows {SUPPORTED} models")
+
+
+def checkpoint_file(sd_model) -> Optional[str]:
+    """The loaded checkpoint's file path (A1111's and Forge's `sd_checkpoint_info.filename`), for ss_sd_model_name."""
+    return getattr(getattr(sd_model, "sd_checkpoint_info", None), "filename", None)
+
+
+def checkpoint_hashes(sd_model) -> ModelHashes:
+    """The loaded checkpoint's hashes as the WebUI already computed them: the old 8-digit model hash and the whole
+    file's sha256 (None when the WebUI runs with --no-hashing or has not hashed it yet; then we do not either)."""
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    return checked_hashes(getattr(info, "hash", None), getattr(info, "sha256", None))
 
 
 def is_distilled_sdxl(sd_model) -> bool:

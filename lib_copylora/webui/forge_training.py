@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.family import Family
+from ..core.model_hashes import ModelHashes
 from ..train.errors import TrainingError
 from ..train.host import Component, NoiseSchedule, Prediction, TargetModule, transformer_blocks
 from ..train.network import is_linear_like
@@ -197,9 +198,12 @@ class ForgeHost:
         self.device = torch.device(self.objects.unet.load_device)
         self.dtype = self.kmodel.computation_dtype
         self.notes: list[str] = []
-        self.model_name = getattr(getattr(sd_model, "sd_checkpoint_info", None), "filename", None)  # ss_sd_model_name
+        self.model_name = compat.checkpoint_file(sd_model)  # ss_sd_model_name
         self._forwards = forwards
         self._interrupted = interrupted
+
+    def model_hashes(self) -> ModelHashes:
+        return compat.checkpoint_hashes(self.sd_model)  # ss_sd_model_hash, ss_new_sd_model_hash
 
     def target_modules(self, components: set[Component]) -> list[TargetModule]:
         targets: list[TargetModule] = []

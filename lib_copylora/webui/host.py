@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..core.family import Family
+from ..core.model_hashes import ModelHashes
 from ..core.naming import kohya_name_from_webui_layer
 from ..train.host import Component, NoiseSchedule, Prediction, TargetModule, transformer_blocks
 from . import compat
@@ -69,10 +70,13 @@ class WebUIHost:
         self.device = torch.device(device)
         self.dtype = next(sd_model.model.diffusion_model.parameters()).dtype
         self.notes: list[str] = []
-        self.model_name = getattr(getattr(sd_model, "sd_checkpoint_info", None), "filename", None)  # ss_sd_model_name
+        self.model_name = compat.checkpoint_file(sd_model)  # ss_sd_model_name
         self._forwards = forwards
         self._interrupted = interrupted
         self._clip_skip_setting = clip_skip_setting  # a context manager factory: the WebUI reads its option
+
+    def model_hashes(self) -> ModelHashes:
+        return compat.checkpoint_hashes(self.sd_model)  # ss_sd_model_hash, ss_new_sd_model_hash
 
     # ---- modules -----------------------------------------------------------------------------------------------
 

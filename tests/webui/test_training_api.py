@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .client import WebuiHttpError
 from .logscan import attention_kernels_applied
-from .training_support import API, PROMPT, SEED, TINY_DATA, on_forge, result_folders, wait_for_job, write_images
+from .training_support import (API, PROMPT, SEED, TINY_DATA, old_model_hash, on_forge, result_folders, wait_for_job,
+                               write_images)
 
 pytestmark = pytest.mark.webui
 
@@ -54,6 +56,16 @@ def _own_weights_hash(webui) -> str:
     return _model_hash(webui)
 
 
+def _assert_base_checkpoint_named(webui, saved: Path) -> None:
+    """kohya's keys for the base model: its file name, the WebUI's old 8-digit hash of the file and its sha256."""
+    loaded = webui.loaded_checkpoint()
+    with safe_open(str(saved), "pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["ss_sd_model_name"] == Path(loaded["filename"]).name
+    assert metadata["ss_sd_model_hash"] == old_model_hash(Path(loaded["filename"]))
+    assert metadata["ss_new_sd_model_hash"] == loaded["sha256"] and len(loaded["sha256"]) == 64
+
+
 def test_a_run_trains_saves_a_loadable_lora_and_leaves_the_model_as_it_was(webui, folders):
     before_image = webui.txt2img(PROMPT, SEED).image
     before_hash = _model_hash(webui)
@@ -65,6 +77,7 @@ def test_a_run_trains_saves_a_loadable_lora_and_leaves_the_model_as_it_was(webui
     assert status["result"] == f"{SUBFOLDER}/cl-single.safetensors"
     assert status["tag"] == "<lora:cl-single:1>"
     assert (folders["loras"] / status["result"]).is_file()
+    _assert_base_checkpoint_named(webui, folders["loras"] / status["result"])
     assert len(status["samples"]) == 2 and all(Path(p).is_file() for p in status["samples"])  # steps 2 and 3
     assert _model_hash(webui) == before_hash
     assert np.array_equal(webui.txt2img(PROMPT, SEED).image, before_image)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .training_support import API, PROMPT, SEED, TINY_DATA, on_checkpoint, on_forge, train_and_apply
+from .training_support import API, PROMPT, SEED, TINY_DATA, old_model_hash, on_checkpoint, on_forge, train_and_apply
 
 pytestmark = pytest.mark.webui
 
@@ -54,5 +54,9 @@ def test_a_single_run_on_sd2_saves_an_sd2_lora_and_leaves_the_model_as_it_was(we
     assert (metadata["ss_v2"], metadata["ss_base_model_version"]) == ("True", "sd_v2")
     assert metadata["ss_v_parameterization"] == "True"  # trained against the v target the v config sets
     # the base checkpoint's file name, never its path (kohya's ss_sd_model_name)
-    assert metadata["ss_sd_model_name"] == Path(webui.loaded_checkpoint()["filename"]).name
+    checkpoint = Path(webui.loaded_checkpoint()["filename"])
+    assert metadata["ss_sd_model_name"] == checkpoint.name
+    # and kohya's hashes of it: the WebUI's old 8-digit one, and the sha256 the fixture computed when it wrote it
+    assert metadata["ss_sd_model_hash"] == old_model_hash(checkpoint)
+    assert metadata["ss_new_sd_model_hash"] == on_sd2["checkpoint"].sha256
     assert any("proj_in" in k for k in keys) and any(k.startswith("lora_unet_") for k in keys)

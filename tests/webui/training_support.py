@@ -4,6 +4,7 @@ and one short run checked end to end (finished, finite losses, model bit-identic
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +32,13 @@ def write_images(folder: Path, colour: tuple[int, int, int], count: int, seed: i
         noise = rng.integers(-30, 30, size=(64, 64, 3))
         pixels = np.clip(np.array(colour)[None, None, :] + noise, 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"img{i}.png")
+
+
+def old_model_hash(checkpoint: Path) -> str:
+    """The WebUI's old 8-digit model hash (sd_models.model_hash), written out here: sha256 of the 64 KiB at 1 MiB."""
+    with open(checkpoint, "rb") as file:
+        file.seek(0x100000)
+        return hashlib.sha256(file.read(0x10000)).hexdigest()[:8]
 
 
 def on_forge(webui) -> bool:
