@@ -13,7 +13,7 @@ import os
 import re
 from typing import NamedTuple, Optional, Union
 
-from .safetensors_io import LEGACY_OFFSET, LEGACY_SIZE
+from .safetensors_io import LEGACY_OFFSET, LEGACY_SIZE, window_hash
 
 _CHUNK = 1 << 20
 _LEGACY = re.compile(r"[0-9a-f]{8}")
@@ -45,7 +45,7 @@ def file_hashes(path: Union[str, os.PathLike]) -> ModelHashes:
             for chunk in iter(lambda: file.read(_CHUNK), b""):
                 digest.update(chunk)
             file.seek(LEGACY_OFFSET)
-            legacy = hashlib.sha256(file.read(LEGACY_SIZE)).hexdigest()[:8]
+            legacy = window_hash(file.read(LEGACY_SIZE))
     except OSError:  # a folder, a file gone or unreadable since the model loaded: the file just lacks the keys
         return ModelHashes()
     return ModelHashes(legacy, digest.hexdigest())

@@ -193,7 +193,12 @@ def payload_sha256(data: bytes) -> str:
 
 def legacy_hash(data: bytes) -> str:
     """additional-networks' old hash: the first 8 hex digits of sha256 of 64 KiB read at offset 1 MiB."""
-    return hashlib.sha256(data[LEGACY_OFFSET:LEGACY_OFFSET + LEGACY_SIZE]).hexdigest()[:8]
+    return window_hash(data[LEGACY_OFFSET:LEGACY_OFFSET + LEGACY_SIZE])
+
+
+def window_hash(window: bytes) -> str:
+    """The old hash of a file (the WebUI's model hash too) from its window: those 64 KiB, fewer for a short file."""
+    return hashlib.sha256(window).hexdigest()[:8]
 
 
 def kohya_hashes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:
